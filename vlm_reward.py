@@ -1,0 +1,202 @@
+"""The VLM judge and NP-Edit's first loss: differentiable yes/no answers (../shared/method.md).
+
+The judge is a transformers Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration), the family of the
+real presets; in the small world a tiny one pretrained by `pretrain.py judge`. Everything on the
+gradient path is torch: images in [-1, 1] are mapped to [0, 1], resized (bicubic, antialiased)
+to the judge's resolution, normalised with its mean/std and patchified exactly as Qwen2-VL's
+image processor does, so d(answer)/d(pixels) exists. The reference image's vision features are
+computed once, without grad, and passed to the language model through `mm_encoder_outputs`.
+
+Questions (reference image first, candidate second), expected answer "yes" unless said:
+  edit verification: EDIT_Q.format(instruction=c)
+  identity:          SAME_Q.format(instruction=c)
+  removal:           HAS_Q.format(object=o) on the candidate alone, expected "no"; its identity
+                     question says to ignore that object (SAME_REMOVE_Q).
+Loss (method.md, "Loss 1"): with l_yes, l_no the answer-position logits,
+  p(answer) = sigmoid(l_answer - l_other),  L_vlm = mean over questions of -log p(answer),
+or, for the ablation, full-vocabulary cross-entropy on the answer token.
+"""
+import re
+
+import torch
+import torch.nn.functional as F
+from transformers import (AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+EDIT_Q = ("the first image is the original and the second an edited version . was this "
+          "instruction executed in the second image ? instruction : {instruction} . if the two "
+          "images look identical the edit failed . answer yes or no .")
+SAME_Q = ("is the second image the same as the first on all attributes except those changed "
+          "by the edit : {instruction} ? answer yes or no .")
+SAME_REMOVE_Q = ("is the second image the same as the first on all attributes , ignoring the "
+                 "presence of the {object} ? answer yes or no .")
+HAS_Q = "does the image have a {object} ? answer yes or no ."
+REMOVE_VERBS = r"^(remove|delete|take away|get rid of|erase) (the |a |an )?"
+
+SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+           "<|video_pad|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def removed_object(instruction):
+    """'remove the red circle at top left' -> 'red circle at top left'; None if not a removal."""
+    m = re.match(REMOVE_VERBS, instruction.strip().lower())
+    return instruction.strip()[m.end():].strip(" .") if m else None
+
+
+# ----------------------------------------------------------------------------- the judge model
+
+def tiny_judge_config(tokenizer, vision_width=96, text_width=128, text_layers=4):
+    """A small-world Qwen2.5-VL: vision patch 8 + merge 2, so each merged visual token of a
+    32x32 image is one 16 px cell of the world (../shared/spikes.md)."""
+    ids = tokenizer.convert_tokens_to_ids
+    half = text_width // 4 // 2  # rotary half-dim per head; M-RoPE splits it over (t, h, w)
+    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    return Qwen2_5_VLConfig(
+        vision_config=dict(depth=2, hidden_size=vision_width, intermediate_size=2 * vision_width,
+                           num_heads=4, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
+                           window_size=32, out_hidden_size=text_width, fullatt_block_indexes=[0, 1]),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=text_width,
+                         intermediate_size=2 * text_width, num_hidden_layers=text_layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": mrope},
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=ids("<|im_start|>"),
+                         eos_token_id=ids("<|im_end|>"), tie_word_embeddings=True),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=True)
+
+
+class Judge:
+    """A transformers VLM plus what is needed to ask it yes/no questions differentiably."""
+
+    def __init__(self, vlm, tokenizer, image_size=32, yes="yes", no="no",
+                 mean=CLIP_MEAN, std=CLIP_STD):
+        self.vlm, self.tokenizer, self.image_size = vlm, tokenizer, image_size
+        vc = vlm.config.vision_config
+        self.patch, self.merge, self.tp = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+        self.tokens_per_image = (image_size // self.patch) ** 2 // self.merge ** 2
+        self.yes_id, self.no_id = tokenizer.convert_tokens_to_ids([yes, no])
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    @property
+    def device(self):
+        return next(self.vlm.parameters()).device
+
+    # -- images ---------------------------------------------------------------------------
+    def pixels(self, images):
+        """(B, 3, H, W) in [-1, 1] -> Qwen2-VL patches (B * gh * gw, 3 * tp * p * p) and the
+        grid (B, 3), in torch so gradients flow (the processor's numpy patchify, re-done)."""
+        x = (images.float() + 1) / 2
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bicubic", antialias=True,
+                              align_corners=False)
+        x = (x - self.mean.to(x)) / self.std.to(x)
+        B, C, H, W = x.shape
+        p, m, gh, gw = self.patch, self.merge, H // self.patch, W // self.patch
+        x = x[:, None].expand(B, self.tp, C, H, W)  # one frame repeated temporal_patch times
+        x = x.reshape(B, self.tp, C, gh // m, m, p, gw // m, m, p)
+        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(B * gh * gw, C * self.tp * p * p)
+        grid = torch.tensor([[1, gh, gw]] * B, device=x.device)
+        return x, grid
+
+    def image_features(self, images):
+        """Merged visual tokens (B, tokens_per_image, D): one per 16 px cell in the small world."""
+        pv, grid = self.pixels(images)
+        out = self.vlm.model.visual(pv.to(self.vlm.dtype), grid_thw=grid).pooler_output
+        return out.view(images.shape[0], self.tokens_per_image, -1)
+
+    # -- text -----------------------------------------------------------------------------
+    def prompt(self, question, n_images, answer=None):
+        """The chat-template text for one question about n_images images, image placeholders
+        expanded to the number of visual tokens; with answer, the answer and end token appended."""
+        content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                                  tokenize=False, add_generation_prompt=True)
+        text = text.replace("<|image_pad|>", "<|image_pad|>" * self.tokens_per_image)
+        return text + (f"{answer}<|im_end|>" if answer is not None else "")
+
+    def forward(self, texts, features):
+        """Run the language model on texts whose image placeholders are filled, in order, by
+        features (a list of (B_i, tokens, D) tensors, concatenated in text order). Right-padded.
+        Returns (logits (B, L, V), attention mask (B, L), input ids)."""
+        tok = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        ids = tok.input_ids
+        feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in features], 0)
+        n_img = feats.shape[0] // self.tokens_per_image
+        g = self.image_size // self.patch
+        grid = torch.tensor([[1, g, g]] * n_img, device=ids.device)
+        out = self.vlm(input_ids=ids, attention_mask=tok.attention_mask, image_grid_thw=grid,
+                       mm_token_type_ids=(ids == self.vlm.config.image_token_id).long(),
+                       mm_encoder_outputs={"image": BaseModelOutputWithPooling(
+                           pooler_output=(feats.to(self.vlm.dtype),))})
+        return out.logits, tok.attention_mask, ids
+
+    def answer_logits(self, questions, images_per_question):
+        """l_yes - l_no at the answer position (fp32) for each question. images_per_question:
+        a list of feature tensors (B, tokens, D), one per image slot, the same count for all."""
+        texts = [self.prompt(q, len(images_per_question)) for q in questions]
+        B = len(questions)
+        # interleave so that sample b's images come in order: slot0[b], slot1[b], ...
+        feats = torch.stack(images_per_question, 1).reshape(B * len(images_per_question),
+                                                             self.tokens_per_image, -1)
+        logits, mask, _ = self.forward(texts, [feats])
+        last = mask.sum(1) - 1
+        ans = logits[torch.arange(B, device=logits.device), last].float()  # fp32: loss precision
+        return ans[:, self.yes_id] - ans[:, self.no_id], ans
+
+
+def load_judge(path, **kw):
+    vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return Judge(vlm.eval().requires_grad_(False), tokenizer, **kw)
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def edit_questions(instruction):
+    """The paper's questions for one instruction: [(question, n_images, expected_yes)]."""
+    obj = removed_object(instruction)
+    if obj is not None:
+        return [(HAS_Q.format(object=obj), 1, False), (SAME_REMOVE_Q.format(object=obj), 2, True)]
+    return [(EDIT_Q.format(instruction=instruction), 2, True),
+            (SAME_Q.format(instruction=instruction), 2, True)]
+
+
+def vlm_loss(judge, reference, edited, instructions, ref_features=None, temperature=1.0,
+             full_vocab=False, slots=(0, 1)):
+    """L_vlm = mean over samples and their two questions of -log sigmoid(+-(l_yes - l_no)),
+    i.e. binary cross-entropy on the yes/no logits (full_vocab=True: cross-entropy over the whole
+    vocabulary, the paper's ablation). reference, edited: (B, 3, H, W) in [-1, 1]; the reference
+    features are computed without grad (pass them in to reuse them across calls). slots: which
+    of the two questions to ask ((0,) drops the identity question, an ablation)."""
+    if ref_features is None:
+        with torch.no_grad():
+            ref_features = judge.image_features(reference)
+    cand = judge.image_features(edited)
+    losses = []
+    for slot in slots:  # the edit (0) and the identity (1) question of every sample
+        qs = [edit_questions(c)[slot] for c in instructions]
+        for n_img in (1, 2):
+            idx = [b for b, q in enumerate(qs) if q[1] == n_img]
+            if not idx:
+                continue
+            i = torch.tensor(idx, device=cand.device)
+            imgs = [cand[i]] if n_img == 1 else [ref_features[i], cand[i]]
+            d, full = judge.answer_logits([qs[b][0] for b in idx], imgs)
+            want = torch.tensor([qs[b][2] for b in idx], device=d.device)
+            if full_vocab:
+                target = torch.where(want, judge.yes_id, judge.no_id)
+                losses.append(F.cross_entropy(full * temperature, target, reduction="none"))
+            else:
+                sign = want.float() * 2 - 1
+                losses.append(-F.logsigmoid(sign * d * temperature))
+    return torch.cat(losses).mean()
