@@ -57,7 +57,8 @@ def tiny_prior(vocab_size, in_channels=3, width=128, layers=6, text_width=128, t
     text_encoder = BertModel(BertConfig(
         vocab_size=vocab_size, hidden_size=text_width, num_hidden_layers=text_layers,
         num_attention_heads=text_width // 32, intermediate_size=4 * text_width,
-        max_position_embeddings=64), add_pooling_layer=False)
+        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        add_pooling_layer=False)
     return use_softmax_attention(transformer), text_encoder
 
 
@@ -161,7 +162,11 @@ class Generator(torch.nn.Module):
         w = sd["patch_embed.proj.weight"]  # (D, c, p, p) -> (D, 2c, p, p), new half zero
         sd["patch_embed.proj.weight"] = torch.cat([w, torch.zeros_like(w)], 1)
         t.load_state_dict(sd)
-        return cls(use_softmax_attention(t), copy.deepcopy(text_encoder), tokenizer)
+        text_encoder = copy.deepcopy(text_encoder)
+        for m in text_encoder.modules():  # no dropout: the unroll's two passes must agree
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        return cls(use_softmax_attention(t), text_encoder, tokenizer)
 
     def tokenize(self, instructions):
         """instructions -> (input ids, attention mask) on the generator's device."""

@@ -295,7 +295,7 @@ def main(argv):
             cap, cap_mask = M.encode_text(text_encoder, tok, captions)
             null, null_mask = M.encode_text(text_encoder, tok, captions,
                                             drop=torch.ones(len(edits), dtype=torch.bool))
-        k = rng.randint(1, cfg.max_k)
+        k = random.Random(cfg.seed * 100_003 + step).randint(1, cfg.max_k)  # same on all ranks
         with autocast():
             x = M.unroll(gen, ref, ids, mask, k, shift=cfg.shift)  # (B, 3, 32, 32), with grad
             temp = min(1.0, 0.1 + 0.9 * step / cfg.vlm_temp_ramp) if cfg.vlm_temp_ramp else 1.0
@@ -351,7 +351,12 @@ def main(argv):
         metrics["warmup_only"] = json.load(open(f"{cfg.out_dir}/warmup_metrics.json"))["overall"]
         json.dump(metrics, open(f"{cfg.out_dir}/metrics.json", "w"), indent=1)
         print(f"wrote {cfg.out_dir}/metrics.json | total {(time.time() - t_start) / 60:.1f} min")
-    if ddp:
+    if ddp:  # DDP keeps replicas in sync; check it, cheaply, once
+        flat = torch.cat([p.detach().flatten().float().cpu() for p in generator.parameters()])
+        gathered = [torch.zeros_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat.to(device))
+        same = all(torch.equal(gathered[0].cpu(), g.cpu()) for g in gathered)
+        print0(f"ranks hold identical weights: {same}")
         dist.destroy_process_group()
 
 

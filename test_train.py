@@ -1,0 +1,154 @@
+"""Tests of the NP-Edit training pieces on the tiny preset:  python -m pytest -q test_train.py"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dmd
+import model as M
+import train
+import vlm_reward as V
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------------------- DMD, known answer
+
+def _gaussian_v(mu, std):
+    """Exact rectified-flow velocity for data N(mu, std^2) (per dimension):
+    E[x0 | x_t] = mu + (1-t) std^2 / ((1-t)^2 std^2 + t^2) (x_t - (1-t) mu), v = (x_t - x0) / t."""
+    def v(x_t, t):
+        t = t.view(-1, 1)
+        s2 = std ** 2
+        x0 = mu + (1 - t) * s2 / ((1 - t) ** 2 * s2 + t ** 2) * (x_t - (1 - t) * mu)
+        return (x_t - x0) / t
+    return v
+
+
+def _run_dmd(swap_real_for_fake, steps=400):
+    torch.manual_seed(0)
+    target_mu, target_std = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 1.5])
+    a = torch.ones(2, requires_grad=True)   # generator: x = a * z + b, starts at N(0, 1)
+    b = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.Adam([a, b], lr=0.02)
+    for _ in range(steps):
+        x = a * torch.randn(256, 2) + b
+        fake = _gaussian_v(b.detach(), a.detach().abs())  # the exact score of the generator
+        real = fake if swap_real_for_fake else _gaussian_v(target_mu, target_std)
+        # dmd_loss works on image-shaped tensors: view (B, 2) as (B, 2, 1, 1)
+        loss = dmd.dmd_loss(x.view(-1, 2, 1, 1), lambda xt, t: real(xt.view(-1, 2), t).view(xt.shape),
+                            lambda xt, t: fake(xt.view(-1, 2), t).view(xt.shape))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return b.detach(), a.detach().abs(), target_mu, target_std
+
+
+def test_dmd_moves_generator_to_target_gaussian():
+    mu, std, target_mu, target_std = _run_dmd(False)
+    assert torch.allclose(mu, target_mu, rtol=0.1, atol=0.1), mu
+    assert torch.allclose(std, target_std, rtol=0.1), std
+
+
+def test_dmd_does_not_move_when_real_equals_fake():
+    mu, std, _, _ = _run_dmd(True, steps=50)
+    assert torch.allclose(mu, torch.zeros(2)) and torch.allclose(std, torch.ones(2))
+
+
+# ----------------------------------------------------------------------------- gradients
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    cfg = train.Config(**train.PRESETS["tiny"])
+    torch.manual_seed(0)
+    return train.load_models(cfg, "cpu")
+
+
+def test_vlm_loss_gradient_reaches_generated_pixels_not_reference(tiny_models):
+    judge = tiny_models[-1]
+    ref = torch.rand(3, 3, 32, 32, requires_grad=True)
+    x = torch.rand(3, 3, 32, 32, requires_grad=True)
+    instr = ["make the red circle blue", "remove the green square", "add a red square at top left"]
+    V.vlm_loss(judge, ref, x, instr).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert ref.grad is None
+    assert V.removed_object(instr[1]) == "green square"
+
+
+def test_unroll_gradient_flows_through_both_steps(tiny_models):
+    generator = tiny_models[0]
+    outputs = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, *a):
+            out = generator(*a)
+            out.retain_grad()
+            outputs.append(out)
+            return out
+
+    ref = torch.rand(2, 3, 32, 32) * 2 - 1
+    ids, mask = generator.tokenize(["make the red circle blue"] * 2)
+    generator.zero_grad()
+    x = M.unroll(Recorder(), ref, ids, mask, k=2)
+    x.square().mean().backward()
+    assert len(outputs) == 2
+    assert all(o.grad is not None and o.grad.abs().sum() > 0 for o in outputs)
+    assert generator.transformer.proj_out.weight.grad.abs().sum() > 0
+    # the zero-initialised reference channels receive gradient too
+    assert generator.transformer.patch_embed.proj.weight.grad[:, 3:].abs().sum() > 0
+
+
+def test_generator_starts_as_the_prior(tiny_models):
+    generator, real_score = tiny_models[0], tiny_models[1]
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.8])
+    ids, mask = generator.tokenize(["top left red circle"] * 2)
+    text = generator.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    fresh = M.Generator.from_prior(real_score, generator.text_encoder, generator.tokenizer)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x, t, torch.randn_like(x), ids, mask),
+                              M.velocity(real_score, x, t, text, mask), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _run(args, cwd=HERE):
+    return subprocess.run([sys.executable, "train.py", "--config", "tiny", "--threads=1",
+                           "--eval_n=0", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = _run([f"--out_dir={a}", "--max_steps=4"])
+    assert r.returncode == 0, r.stderr
+    r = _run([f"--out_dir={b}", "--max_steps=2"])
+    assert r.returncode == 0, r.stderr
+    r = _run([f"--out_dir={b}", "--max_steps=4"])
+    assert r.returncode == 0 and "resumed" in r.stdout, r.stderr
+    wa, wb = load_file(f"{a}/ckpt/model.safetensors"), load_file(f"{b}/ckpt/model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_overrides_are_type_checked():
+    with pytest.raises(SystemExit, match="unknown config key 'nope'"):
+        train.parse_args(["--config", "tiny", "--nope=1"])
+    with pytest.raises(SystemExit, match="wants a int"):
+        train.parse_args(["--config", "tiny", "--max_steps=abc"])
+    with pytest.raises(SystemExit, match="unknown config 'huge'"):
+        train.parse_args(["--config", "huge"])
+    name, cfg = train.parse_args(["--config=tiny", "--lr=0.5", "--full_vocab=true"])
+    assert name == "tiny" and cfg.lr == 0.5 and cfg.full_vocab is True
+
+
+def test_torchrun_two_ranks_hold_identical_weights(tmp_path):
+    r = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "train.py", "--config",
+                        "tiny", "--max_steps=2", "--threads=1", "--eval_n=0",
+                        f"--out_dir={tmp_path}"], cwd=HERE, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ranks hold identical weights: True" in r.stdout, r.stdout[-2000:]
