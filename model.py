@@ -103,6 +103,12 @@ def encode_text(text_encoder, tokenizer, texts, drop=None):
     return h, mask
 
 
+def tokenize(tokenizer, texts, device):
+    """texts -> (input ids, attention mask) on device."""
+    tok = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+    return tok.input_ids.to(device), tok.attention_mask.to(device)
+
+
 def velocity(transformer, x_t, t, text, mask):
     """v_hat = transformer(x_t, t, text); Sana takes the timestep on a 0-1000 scale."""
     return transformer(x_t, encoder_hidden_states=text, encoder_attention_mask=mask,
@@ -169,10 +175,7 @@ class Generator(torch.nn.Module):
         return cls(use_softmax_attention(t), text_encoder, tokenizer)
 
     def tokenize(self, instructions):
-        """instructions -> (input ids, attention mask) on the generator's device."""
-        tok = self.tokenizer(list(instructions), padding=True, truncation=True, return_tensors="pt")
-        dev = next(self.parameters()).device
-        return tok.input_ids.to(dev), tok.attention_mask.to(dev)
+        return tokenize(self.tokenizer, instructions, next(self.parameters()).device)
 
     def forward(self, x_t, t, reference, ids, mask):
         """Velocity v_hat(x_t, t | y, c). The instruction is encoded inside forward (the tiny
@@ -225,9 +228,15 @@ def unroll(generator, reference, ids, mask, k, steps=(1.0, 0.75, 0.5, 0.25), shi
     return x0
 
 
-def identity_loss(generator, reference, ids, mask, generator_rng=None):
-    """Warm-up ("learn to copy"): flow matching whose target image is the reference itself."""
+def identity_loss(generator, reference, ids, mask, steps=(1.0, 0.75, 0.5, 0.25), shift=1.0,
+                  generator_rng=None):
+    """Warm-up ("learn to copy"): flow matching whose target image is the reference itself.
+    t ~ U[0, 1], half of it on the few-step schedule's own t (t = 1 above all), which the
+    sampler and the unroll visit and a logit-normal t would almost never draw."""
+    B = reference.shape[0]
     eps = torch.randn(reference.shape, generator=generator_rng).to(reference.device)
-    t = logit_normal_t(reference.shape[0], generator_rng).to(reference.device)
+    sched = shifted(steps, shift)[torch.randint(len(steps), (B,), generator=generator_rng)]
+    t = torch.where(torch.rand(B, generator=generator_rng) < 0.5, sched,
+                    torch.rand(B, generator=generator_rng)).to(reference.device)
     v = generator(add_noise(reference, eps, t), t, reference, ids, mask)
     return F.mse_loss(v, eps - reference)

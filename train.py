@@ -110,15 +110,18 @@ def parse_args(argv):
     return name, cfg
 
 
+def prior_of(cfg):
+    """(transformer, text_encoder, tokenizer): the shipped prior, or a random tiny one."""
+    if cfg.prior != "random":
+        return M.load_prior(cfg.prior)
+    tok = tw.build_tokenizer()
+    return (*M.tiny_prior(len(tok), width=32, layers=1, text_width=32, text_layers=1), tok)
+
+
 def load_models(cfg, device):
     """-> generator (trainable), real score (frozen), fake score (trainable), text encoder for
     captions (frozen), prior tokenizer, judge (frozen)."""
-    if cfg.prior == "random":
-        tok = tw.build_tokenizer()
-        transformer, text_encoder = M.tiny_prior(len(tok), width=32, layers=1, text_width=32,
-                                                 text_layers=1)
-    else:
-        transformer, text_encoder, tok = M.load_prior(cfg.prior)
+    transformer, text_encoder, tok = prior_of(cfg)
     if cfg.judge == "random":
         from pretrain import judge_tokenizer
         jt = judge_tokenizer()
@@ -169,6 +172,28 @@ def load_checkpoint(path, generator, ema, fake_score, opts, rng):
     return st["stage"], st["step"]
 
 
+def load_editor(path, device="cpu"):
+    """The EMA editor of a run: path is its out_dir or its ckpt folder. -> (generator, Config).
+    Raises FileNotFoundError / ValueError with a one-line reason for a missing or foreign one."""
+    ckpt = path if os.path.exists(f"{path}/state.json") else f"{path}/ckpt"
+    if not os.path.exists(f"{ckpt}/state.json") or not os.path.exists(f"{ckpt}/model.safetensors"):
+        raise FileNotFoundError(f"no checkpoint in {path!r} (expected {ckpt}/state.json and "
+                                "model.safetensors; train one with: python train.py --config small)")
+    try:
+        st = json.load(open(f"{ckpt}/state.json"))
+        cfg = Config(**st["config"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{ckpt}/state.json is not a checkpoint of this repo ({e})")
+    transformer, text_encoder, tok = prior_of(cfg)
+    generator = M.Generator.from_prior(transformer, text_encoder, tok)
+    w = load_file(f"{ckpt}/model.safetensors")
+    try:
+        generator.load_state_dict({k[4:]: v for k, v in w.items() if k.startswith("ema.")})
+    except RuntimeError as e:
+        raise ValueError(f"{ckpt} does not match its preset's model ({str(e).splitlines()[0]})")
+    return generator.to(device).eval(), cfg
+
+
 def editor_fn(generator, device, shift):
     """-> edit_fn(PIL references, instructions) -> uint8 images, for toyworld.evaluate."""
     def edit(refs, instructions):
@@ -188,6 +213,39 @@ def evaluate(generator, cfg, device, tag, out_dir):
     tw.grid([[tw.render(e.reference) for e in edits[:16]], images[:16],
              [tw.render(e.target) for e in edits[:16]]]).save(f"{out_dir}/eval_{tag}.png")
     return metrics
+
+
+def edited_captions(text_encoder, tok, edits):
+    """c_x (the prior's prompt of the edited scene) and its null condition, for both scores."""
+    with torch.no_grad():
+        captions = [tw.prompt(e.target) for e in edits]
+        cap, cap_mask = M.encode_text(text_encoder, tok, captions)
+        null, null_mask = M.encode_text(text_encoder, tok, captions,
+                                        drop=torch.ones(len(edits), dtype=torch.bool))
+    return cap, cap_mask, null, null_mask
+
+
+def generator_losses(cfg, gen, judge, real_score, fake_score, text_encoder, tok, edits, ref, step):
+    """One NP-Edit generator step's forward: unroll the editor, then L_vlm, L_dmd and the
+    do-nothing MSE. Returns (x, c_x, c_x mask, l_vlm, l_dmd, l_nothing)."""
+    instructions = [e.instruction for e in edits]
+    nothing = torch.tensor([e.type == "none" for e in edits], device=ref.device)
+    ids, mask = M.tokenize(tok, instructions, ref.device)  # the generator's tokenizer is tok
+    cap, cap_mask, null, null_mask = edited_captions(text_encoder, tok, edits)
+    k = random.Random(cfg.seed * 100_003 + step).randint(1, cfg.max_k)  # same on all ranks
+    x = M.unroll(gen, ref, ids, mask, k, shift=cfg.shift)  # (B, 3, 32, 32), with grad
+    temp = min(1.0, 0.1 + 0.9 * step / cfg.vlm_temp_ramp) if cfg.vlm_temp_ramp else 1.0
+    edit_ix = (~nothing).nonzero().flatten()
+    l_vlm = V.vlm_loss(judge, ref[edit_ix], x[edit_ix], [instructions[i] for i in edit_ix],
+                       temperature=temp, full_vocab=cfg.full_vocab,
+                       slots=(0, 1) if cfg.identity_question else (0,)) \
+        if len(edit_ix) else x.sum() * 0
+    l_dmd = dmd.dmd_loss(
+        x, lambda xt, t: dmd.real_velocity(real_score, xt, t, cap, cap_mask, null, null_mask,
+                                           cfg.cfg),
+        lambda xt, t: M.velocity(fake_score, xt, t, cap, cap_mask))
+    l_nothing = F.mse_loss(x[nothing], ref[nothing]) if nothing.any() else x.sum() * 0
+    return x, cap, cap_mask, l_vlm, l_dmd, l_nothing
 
 
 def main(argv):
@@ -261,9 +319,11 @@ def main(argv):
     t0 = time.time()
     while stage == "warmup" and step < cfg.warmup_steps:
         edits, ref = batch_of_edits()
-        ids, mask = generator.tokenize([tw.prompt(e.reference) for e in edits])
+        # the instruction as the prompt (the paper uses the caption of y): the tiny text encoder
+        # then meets instructions from the first step, and the editor learns to copy under them
+        ids, mask = generator.tokenize([e.instruction for e in edits])
         with autocast():
-            loss = M.identity_loss(gen, ref, ids, mask)
+            loss = M.identity_loss(gen, ref, ids, mask, shift=cfg.shift)
         opt_w.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(generator.parameters(), cfg.grad_clip)
@@ -284,31 +344,12 @@ def main(argv):
             save_checkpoint(ckpt, stage, step, generator, ema, fake_score, opts, rng, cfg)
 
     # ---- stage 2: NP-Edit
-    t0, seen = time.time(), 0
+    t0, seen, step0 = time.time(), 0, step
     while step < cfg.max_steps:
         edits, ref = batch_of_edits()
-        instructions = [e.instruction for e in edits]
-        nothing = torch.tensor([e.type == "none" for e in edits], device=device)
-        ids, mask = generator.tokenize(instructions)
-        with torch.no_grad():  # c_x, the edited caption, for the real and fake scores
-            captions = [tw.prompt(e.target) for e in edits]
-            cap, cap_mask = M.encode_text(text_encoder, tok, captions)
-            null, null_mask = M.encode_text(text_encoder, tok, captions,
-                                            drop=torch.ones(len(edits), dtype=torch.bool))
-        k = random.Random(cfg.seed * 100_003 + step).randint(1, cfg.max_k)  # same on all ranks
         with autocast():
-            x = M.unroll(gen, ref, ids, mask, k, shift=cfg.shift)  # (B, 3, 32, 32), with grad
-            temp = min(1.0, 0.1 + 0.9 * step / cfg.vlm_temp_ramp) if cfg.vlm_temp_ramp else 1.0
-            edit_ix = (~nothing).nonzero().flatten()
-            l_vlm = V.vlm_loss(judge, ref[edit_ix], x[edit_ix], [instructions[i] for i in edit_ix],
-                               temperature=temp, full_vocab=cfg.full_vocab,
-                               slots=(0, 1) if cfg.identity_question else (0,)) \
-                if len(edit_ix) else x.sum() * 0
-        l_dmd = dmd.dmd_loss(
-            x, lambda xt, t: dmd.real_velocity(real_score, xt, t, cap, cap_mask, null, null_mask,
-                                               cfg.cfg),
-            lambda xt, t: M.velocity(fake_score, xt, t, cap, cap_mask))
-        l_nothing = F.mse_loss(x[nothing], ref[nothing]) if nothing.any() else x.sum() * 0
+            x, cap, cap_mask, l_vlm, l_dmd, l_nothing = generator_losses(
+                cfg, gen, judge, real_score, fake_score, text_encoder, tok, edits, ref, step)
         loss = cfg.w_vlm * l_vlm + cfg.w_dmd * l_dmd + l_nothing
         for g in opt_g.param_groups:
             g["lr"] = cfg.lr * lr_factor(step)
@@ -335,7 +376,7 @@ def main(argv):
             dt = time.time() - t0
             print(f"step {step}/{cfg.max_steps} | vlm {l_vlm.item():.4f} dmd {l_dmd.item():.5f} "
                   f"fake {l_fake.item():.4f} | gnorm {gnorm:.3f} | lr {opt_g.param_groups[0]['lr']:.1e}"
-                  f" | {dt / step * 1000:.0f} ms/step | {seen / dt:.1f} img/s")
+                  f" | {dt / (step - step0) * 1000:.0f} ms/step | {seen / dt:.1f} img/s")
         if master and (step % cfg.grid_every == 0 or step == cfg.max_steps):
             fixed = tw.eval_edits(8, seed=99)
             outs = editor_fn(ema, device, cfg.shift)([tw.render(e.reference) for e in fixed],
