@@ -134,7 +134,7 @@ YN = " answer yes or no ."
 def judge_tokenizer():
     words = {w for qs in SINGLE_Q.values() for q in qs for w in q.split() if "{" not in w}
     for q in (V.EDIT_Q, V.SAME_Q, V.SAME_REMOVE_Q, V.HAS_Q, YN, "describe the image .",
-              "what changed ?", "user assistant yes no nothing"):
+              "what changed ?", "user assistant yes no nothing", "what is color shape where"):
         words.update(w for w in q.split() if "{" not in w)
     tok = tw.build_tokenizer(extra_words=words, extra_special=V.SPECIAL)
     tok.chat_template = V.CHAT_TEMPLATE
@@ -254,6 +254,18 @@ def judge_sample(rng, task):
         e = tw.random_edit(rng, "all", rng.choice(tw.EDIT_TYPES + ("none",)), phrasing=0)
         return [e.reference, e.target], "what changed ?", \
             ("nothing" if e.type == "none" else e.instruction), {}
+    if task == "vqa":  # short open answers that tie question words to image tokens
+        s = tw.random_scene(rng)
+        i = rng.randrange(4)
+        c = s.cells[i]
+        where = [tw.CELLS[j] for j, o in s.objects() if o == (c or s.objects()[0][1])]
+        q, a = rng.choice([
+            ("what is the background ?", s.bg),
+            (f"what is at {tw.CELLS[i]} ?", f"{c[0]} {c[1]}" if c else "nothing"),
+            (f"what color is the object at {tw.CELLS[i]} ?", c[0] if c else "nothing"),
+            (f"what shape is the object at {tw.CELLS[i]} ?", c[1] if c else "nothing"),
+            (f"where is the {' '.join(c or s.objects()[0][1])} ?", " and ".join(where))])
+        return [s], q, a, {}
     if task == "single":
         s = tw.random_scene(rng)
         t, q, label = balanced(rng, single_question, s)
@@ -323,7 +335,12 @@ def judge_batch_loss(judge, heads, batch):
     labels = ids.masked_fill(mask == 0, -100)
     for b, n in enumerate(n_prompt):
         labels[b, :n] = -100
-    lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    # mean over each sample's answer tokens, then over samples: a one-word yes/no answer weighs
+    # as much as a 20-word caption (a token mean drowned the yes/no signal: chance after 9 min)
+    tok_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100,
+                               reduction="none")
+    n_ans = (labels[:, 1:] != -100).sum(1).clamp(min=1)
+    lm = (tok_loss.sum(1) / n_ans).mean()
     return lm, heads.loss(feats, scenes)
 
 
@@ -350,7 +367,7 @@ def pretrain_judge(a):
     print(f"judge: {sum(p.numel() for p in vlm.parameters()) / 1e6:.2f}M params")
     evalset = judge_eval_set(a.eval_n)
     held = {(q, tuple(imgs)) for imgs, q, _, _ in evalset}
-    tasks, weights = ("caption", "change", "single", "pair"), (0.2, 0.1, 0.3, 0.4)
+    tasks, weights = ("caption", "change", "vqa", "single", "pair"), (0.1, 0.1, 0.2, 0.25, 0.35)
     t0 = time.time()
     pbar = tqdm(total=a.steps, initial=step, desc="judge", dynamic_ncols=True)
     while step < a.steps:

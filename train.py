@@ -351,6 +351,10 @@ def main(argv):
             x, cap, cap_mask, l_vlm, l_dmd, l_nothing = generator_losses(
                 cfg, gen, judge, real_score, fake_score, text_encoder, tok, edits, ref, step)
         loss = cfg.w_vlm * l_vlm + cfg.w_dmd * l_dmd + l_nothing
+        if (step + 1) % cfg.log_every == 0 and master:  # how hard each loss pulls on the pixels
+            gx = [torch.autograd.grad(w * l, x, retain_graph=True, allow_unused=True)[0]
+                  for w, l in ((cfg.w_vlm, l_vlm), (cfg.w_dmd, l_dmd))]
+            gx = [0.0 if g is None else g.norm().item() for g in gx]
         for g in opt_g.param_groups:
             g["lr"] = cfg.lr * lr_factor(step)
         opt_g.zero_grad(set_to_none=True)
@@ -375,7 +379,8 @@ def main(argv):
         if step % cfg.log_every == 0 and master:
             dt = time.time() - t0
             print(f"step {step}/{cfg.max_steps} | vlm {l_vlm.item():.4f} dmd {l_dmd.item():.5f} "
-                  f"fake {l_fake.item():.4f} | gnorm {gnorm:.3f} | lr {opt_g.param_groups[0]['lr']:.1e}"
+                  f"fake {l_fake.item():.4f} | |dL/dx| vlm {gx[0]:.2e} dmd {gx[1]:.2e} | "
+                  f"gnorm {gnorm:.3f} | lr {opt_g.param_groups[0]['lr']:.1e}"
                   f" | {dt / (step - step0) * 1000:.0f} ms/step | {seen / dt:.1f} img/s")
         if master and (step % cfg.grid_every == 0 or step == cfg.max_steps):
             fixed = tw.eval_edits(8, seed=99)
