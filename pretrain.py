@@ -141,9 +141,9 @@ def judge_tokenizer():
     return tok
 
 
-def single_question(rng, scene):
+def single_question(rng, scene, kinds=tuple(SINGLE_Q)):
     """A balanced single-image question with hard negatives -> (type, question, label)."""
-    kind, want = rng.choice(list(SINGLE_Q)), rng.random() < 0.5
+    kind, want = rng.choice(kinds), rng.random() < 0.5
     objs = scene.objects()
     i, o = rng.choice(objs)
     if kind == "background":
@@ -245,7 +245,7 @@ def balanced(rng, fn, *args):
             return out
 
 
-def judge_sample(rng, task):
+def judge_sample(rng, task, kinds=tuple(SINGLE_Q)):
     """One judge training/eval sample: (images as scenes, question, answer, info)."""
     if task == "caption":
         s = tw.random_scene(rng)
@@ -268,7 +268,7 @@ def judge_sample(rng, task):
         return [s], q, a, {}
     if task == "single":
         s = tw.random_scene(rng)
-        t, q, label = balanced(rng, single_question, s)
+        t, q, label = balanced(rng, single_question, s, kinds)
         return [s], q, "yes" if label else "no", {"type": t}
     t, q, imgs, label, kind = balanced(rng, pair_question)
     return imgs, q, "yes" if label else "no", {"type": t, "kind": kind}
@@ -367,13 +367,13 @@ def pretrain_judge(a):
     print(f"judge: {sum(p.numel() for p in vlm.parameters()) / 1e6:.2f}M params")
     evalset = judge_eval_set(a.eval_n)
     held = {(q, tuple(imgs)) for imgs, q, _, _ in evalset}
-    tasks, weights = ("caption", "change", "vqa", "single", "pair"), (0.1, 0.1, 0.2, 0.25, 0.35)
+    tasks, weights = ("caption", "change", "vqa", "single", "pair"), a.mix
     t0 = time.time()
     pbar = tqdm(total=a.steps, initial=step, desc="judge", dynamic_ncols=True)
     while step < a.steps:
         batch = []
         while len(batch) < a.batch:
-            s = judge_sample(rng, rng.choices(tasks, weights)[0])
+            s = judge_sample(rng, rng.choices(tasks, weights)[0], tuple(a.kinds))
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
         vlm.train()
@@ -416,6 +416,10 @@ if __name__ == "__main__":
     p.add_argument("--out", default=None, help="asset dir (default assets/small/<what>)")
     p.add_argument("--state_dir", default="out/pretrain")
     p.add_argument("--eval_n", type=int, default=1000, help="judge: eval questions per side")
+    p.add_argument("--kinds", nargs="+", default=list(SINGLE_Q), choices=list(SINGLE_Q),
+                   help="judge: single-image question types to train on (a curriculum phase)")
+    p.add_argument("--mix", type=float, nargs=5, default=(0.1, 0.1, 0.2, 0.25, 0.35),
+                   help="judge: task weights caption change vqa single pair")
     p.add_argument("--resume", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)

@@ -152,3 +152,9 @@ def test_torchrun_two_ranks_hold_identical_weights(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ranks hold identical weights: True" in r.stdout, r.stdout[-2000:]
+
+
+def test_missing_prior_or_judge_is_a_clear_error(tmp_path):
+    cfg = train.Config(**{**train.PRESETS["tiny"], "judge": str(tmp_path / "nope")})
+    with pytest.raises(SystemExit, match="no judge at .*python pretrain.py judge"):
+        train.load_models(cfg, "cpu")

@@ -51,7 +51,7 @@ class Config:
     w_dmd: float = 1.0
     cfg: float = 3.0                     # real score CFG scale
     p_nothing: float = 0.01              # "do nothing" samples with an MSE(x0, y) term
-    max_k: int = 2                       # unroll: k ~ U{1..max_k} of the 4-step schedule
+    max_k: int = 4                       # unroll: k ~ U{1..max_k} of the 4-step schedule
     shift: float = 1.0                   # time shift of the 4-step schedule
     vlm_temp_ramp: int = 0               # steps of the temperature ramp 0.1 -> 1 (0: off)
     full_vocab: bool = False             # ablation: full-vocabulary CE instead of yes/no BCE
@@ -121,6 +121,10 @@ def prior_of(cfg):
 def load_models(cfg, device):
     """-> generator (trainable), real score (frozen), fake score (trainable), text encoder for
     captions (frozen), prior tokenizer, judge (frozen)."""
+    for what, path in (("prior", cfg.prior), ("judge", cfg.judge)):
+        if path != "random" and not os.path.isdir(path):
+            raise SystemExit(f"error: no {what} at {path}; make it with: python pretrain.py {what}"
+                             f" (or pass --{what}=PATH)")
     transformer, text_encoder, tok = prior_of(cfg)
     if cfg.judge == "random":
         from pretrain import judge_tokenizer
