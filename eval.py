@@ -67,7 +67,7 @@ def parse_scores(reply, n=2):
 def viescore(judge_fn, source, edited, instruction):
     """-> {"SC", "PQ", "O"} or None for an unreadable reply. judge_fn(images, prompt) -> text."""
     sc = parse_scores(judge_fn([source, edited], SC_PROMPT.format(instruction=instruction)))
-    pq = parse_scores(judge_fn([edited], PQ_PROMPT))
+    pq = parse_scores(judge_fn([edited], PQ_PROMPT.format()))
     if sc is None or pq is None:
         return None
     SC, PQ = min(sc), min(pq)
@@ -107,6 +107,27 @@ def processor_judge(vlm, processor, max_new_tokens=96):
             out = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:],
                                       skip_special_tokens=True)[0]
+    return judge_fn
+
+
+def vlm_reward_judge(judge, max_new_tokens=24):
+    """A judge_fn from a vlm_reward.Judge (e.g. the small world's): greedy decoding through the
+    same torch path the training loss uses. Images: PIL, any size (resized to the judge's)."""
+    import torch
+    import toyworld as tw
+
+    def judge_fn(images, prompt):
+        x = tw.to_tensor([im.convert("RGB").resize((judge.image_size,) * 2) for im in images])
+        with torch.no_grad():
+            feats = judge.image_features(x.to(judge.device))
+            text, words = judge.prompt(prompt, len(images)), []
+            for _ in range(max_new_tokens):
+                logits, _, _ = judge.forward([text + " ".join(words)], [feats])
+                w = judge.tokenizer.convert_ids_to_tokens(int(logits[0, -1].argmax()))
+                if w == "<|im_end|>":
+                    break
+                words.append(w)
+        return " ".join(words)
     return judge_fn
 
 
