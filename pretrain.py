@@ -141,17 +141,18 @@ def judge_tokenizer():
     return tok
 
 
-def single_question(rng, scene, kinds=tuple(SINGLE_Q)):
-    """A balanced single-image question with hard negatives -> (type, question, label)."""
+def single_question(rng, scene, kinds=tuple(SINGLE_Q), cells=4):
+    """A balanced single-image question with hard negatives -> (type, question, label).
+    cells < 4: questions about a cell ask only about the first `cells` cells (a curriculum)."""
     kind, want = rng.choice(kinds), rng.random() < 0.5
-    objs = scene.objects()
+    objs = [(i, o) for i, o in scene.objects() if i < cells] or scene.objects()
     i, o = rng.choice(objs)
     if kind == "background":
         bg = scene.bg if want else rng.choice([b for b in tw.BACKGROUNDS if b != scene.bg])
         return kind, SINGLE_Q[kind][0].format(bg=bg) + YN, bg == scene.bg
     if kind in ("color", "shape"):
-        if rng.random() < 0.15:  # about an empty cell: always "no"
-            empty = [j for j in range(4) if scene.cells[j] is None]
+        if rng.random() < 0.15 or i >= cells:  # about an empty cell: always "no"
+            empty = [j for j in range(cells) if scene.cells[j] is None]
             i = rng.choice(empty) if empty else i
         col = o[0] if want else rng.choice([c for c in tw.COLORS if c != o[0]])
         shp = o[1] if want else rng.choice([s for s in tw.SHAPES if s != o[1]])
@@ -163,8 +164,8 @@ def single_question(rng, scene, kinds=tuple(SINGLE_Q)):
     cell = i
     if not want:
         r = rng.random()
-        if kind == "position" and r < 0.4:
-            cell = rng.choice([j for j in range(4) if j != i])
+        if kind == "position" and r < 0.4 and cells > 1:
+            cell = rng.choice([j for j in range(cells) if j != i])
         elif r < 0.8:
             o = (o[0], rng.choice(tw.SHAPES)) if rng.random() < 0.5 else (rng.choice(list(tw.COLORS)), o[1])
         else:
@@ -245,7 +246,7 @@ def balanced(rng, fn, *args):
             return out
 
 
-def judge_sample(rng, task, kinds=tuple(SINGLE_Q)):
+def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4):
     """One judge training/eval sample: (images as scenes, question, answer, info)."""
     if task == "caption":
         s = tw.random_scene(rng)
@@ -268,7 +269,7 @@ def judge_sample(rng, task, kinds=tuple(SINGLE_Q)):
         return [s], q, a, {}
     if task == "single":
         s = tw.random_scene(rng)
-        t, q, label = balanced(rng, single_question, s, kinds)
+        t, q, label = balanced(rng, single_question, s, kinds, cells)
         return [s], q, "yes" if label else "no", {"type": t}
     t, q, imgs, label, kind = balanced(rng, pair_question)
     return imgs, q, "yes" if label else "no", {"type": t, "kind": kind}
@@ -373,7 +374,10 @@ def pretrain_judge(a):
     while step < a.steps:
         batch = []
         while len(batch) < a.batch:
-            s = judge_sample(rng, rng.choices(tasks, weights)[0], tuple(a.kinds))
+            # curriculum: cell questions about 1, then 2, 3, 4 cells (one cell is learned in ~200
+            # steps; all four at once stayed at chance for 3000+)
+            cells = 4 if not a.curriculum else min(4, 1 + int(step / (a.curriculum * a.steps)))
+            s = judge_sample(rng, rng.choices(tasks, weights)[0], tuple(a.kinds), cells)
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
         vlm.train()
@@ -418,6 +422,8 @@ if __name__ == "__main__":
     p.add_argument("--eval_n", type=int, default=1000, help="judge: eval questions per side")
     p.add_argument("--kinds", nargs="+", default=list(SINGLE_Q), choices=list(SINGLE_Q),
                    help="judge: single-image question types to train on (a curriculum phase)")
+    p.add_argument("--curriculum", type=float, default=0.0,
+                   help="judge: fraction of steps per added cell in cell questions (0: off)")
     p.add_argument("--mix", type=float, nargs=5, default=(0.1, 0.1, 0.2, 0.25, 0.35),
                    help="judge: task weights caption change vqa single pair")
     p.add_argument("--resume", action="store_true")
