@@ -209,7 +209,7 @@ def pair_question(rng):
         obj = V.removed_object(edit.instruction)
         q = (V.SAME_REMOVE_Q.format(object=obj) if obj else
              V.SAME_Q.format(instruction=edit.instruction))
-    return qtype, q, [edit.reference, cand], label, kind
+    return qtype, q, [edit.reference, cand], label, kind, edit.touched
 
 
 def _random_edit_of(rng, scene, type):
@@ -238,11 +238,11 @@ def _args_like(rng, scene, type):
 
 
 def balanced(rng, fn, *args):
-    """Redraw fn(rng, *args) until its label is a fair coin's: half yes, half no."""
+    """Redraw fn(rng, *args) -> (..., label, kind) until its label is a fair coin's."""
     want = rng.random() < 0.5
     while True:
         out = fn(rng, *args)
-        if out[-1 if fn is single_question else 3] == want:
+        if out[3] == want:
             return out
 
 
@@ -267,12 +267,61 @@ def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4):
             (f"what shape is the object at {tw.CELLS[i]} ?", c[1] if c else "nothing"),
             (f"where is the {' '.join(c or s.objects()[0][1])} ?", " and ".join(where))])
         return [s], q, a, {}
-    if task == "single":
-        s = tw.random_scene(rng)
-        t, q, label = balanced(rng, single_question, s, kinds, cells)
-        return [s], q, "yes" if label else "no", {"type": t}
-    t, q, imgs, label, kind = balanced(rng, pair_question)
-    return imgs, q, "yes" if label else "no", {"type": t, "kind": kind}
+    if task == "single":  # balanced: redraw scene and question until the label is a coin's
+        want = rng.random() < 0.5
+        while True:
+            s = tw.random_scene(rng)
+            t, q, label = single_question(rng, s, kinds, cells)
+            if label == want:
+                break
+        cell = next((k for k, c in enumerate(tw.CELLS) if f" at {c} " in q), None)
+        return [s], q, "yes" if label else "no", {"type": t, "ground": grounding([s], cell)}
+    t, q, imgs, label, kind, touched = balanced(rng, pair_question)
+    cell = next((e for e in touched if e != "bg"), None)
+    return imgs, q, "yes" if label else "no", {"type": t, "kind": kind,
+                                               "ground": grounding(imgs, cell)}
+
+
+def grounding(scenes, cell):
+    """Targets for the grounding heads at a yes/no answer position: what the answer has to be
+    computed from, read off the (last) image: its objects, background, the asked or edited cell's
+    content, and (two images) which elements equal the first image's."""
+    s = scenes[-1]
+    g = {"present": [float(o in s.cells) for o in tw.ALL_OBJECTS],
+         "bg": list(tw.BACKGROUNDS).index(s.bg),
+         "cell": -100 if cell is None else (0 if s.cells[cell] is None
+                                            else 1 + tw.ALL_OBJECTS.index(s.cells[cell]))}
+    if len(scenes) == 2:
+        r = scenes[0]
+        g["same"] = [float(r.bg == s.bg)] + [float(a == b) for a, b in zip(r.cells, s.cells)]
+    return g
+
+
+class GroundHeads(torch.nn.Module):
+    """Linear heads on the judge's last hidden state at the yes/no answer position, trained to
+    predict what the answer depends on (grounding()). Without them a yes/no about one cell, which
+    needs the cell picked by the question's words AND its content compared with another word,
+    stayed at chance for 3,000+ steps; with them "is the object at <cell> <colour> ?" went from
+    0.53 to 0.87 in 200 steps (batch 32). Pretraining only; the shipped judge has no extra heads."""
+
+    def __init__(self, width):
+        super().__init__()
+        n = len(tw.ALL_OBJECTS)
+        self.present, self.bg = torch.nn.Linear(width, n), torch.nn.Linear(width, 3)
+        self.cell, self.same = torch.nn.Linear(width, n + 1), torch.nn.Linear(width, 5)
+
+    def loss(self, h, grounds):  # h (B, D) at the answer positions
+        present = torch.tensor([g["present"] for g in grounds])
+        loss = F.binary_cross_entropy_with_logits(self.present(h), present) + \
+            F.cross_entropy(self.bg(h), torch.tensor([g["bg"] for g in grounds]))
+        cell = torch.tensor([g["cell"] for g in grounds])
+        if (cell != -100).any():
+            loss = loss + F.cross_entropy(self.cell(h), cell, ignore_index=-100)
+        two = [i for i, g in enumerate(grounds) if "same" in g]
+        if two:
+            same = torch.tensor([grounds[i]["same"] for i in two])
+            loss = loss + F.binary_cross_entropy_with_logits(self.same(h[two]), same)
+        return loss
 
 
 def judge_eval_set(n=1000, seed=4321):
@@ -326,12 +375,13 @@ class CellHeads(torch.nn.Module):
             F.cross_entropy(self.pos(feats).flatten(0, 1), pos_y)
 
 
-def judge_batch_loss(judge, heads, batch):
-    """Next-token loss on the answers (captions, instructions, yes/no) + the auxiliary heads."""
+def judge_batch_loss(judge, heads, batch, ground=None):
+    """Next-token loss on the answers (captions, instructions, yes/no) + the auxiliary heads on
+    the visual tokens + (ground) the grounding heads at the yes/no answer positions."""
     scenes = [s for imgs, *_ in batch for s in imgs]
     feats = judge.image_features(tw.to_tensor([tw.render(s) for s in scenes]))
     texts = [judge.prompt(q, len(imgs), answer=a) for imgs, q, a, _ in batch]
-    logits, mask, ids = judge.forward(texts, [feats])
+    logits, mask, ids, hid = judge.forward(texts, [feats], hidden=True)
     n_prompt = [len(judge.tokenizer(judge.prompt(q, len(imgs))).input_ids) for imgs, q, _, _ in batch]
     labels = ids.masked_fill(mask == 0, -100)
     for b, n in enumerate(n_prompt):
@@ -342,7 +392,12 @@ def judge_batch_loss(judge, heads, batch):
                                reduction="none")
     n_ans = (labels[:, 1:] != -100).sum(1).clamp(min=1)
     lm = (tok_loss.sum(1) / n_ans).mean()
-    return lm, heads.loss(feats, scenes)
+    aux = heads.loss(feats, scenes)
+    yn = [b for b, s in enumerate(batch) if "ground" in s[3]]
+    if ground is not None and yn:
+        pos = torch.tensor([n_prompt[b] - 1 for b in yn])
+        aux = aux + ground.loss(hid[torch.tensor(yn), pos], [batch[b][3]["ground"] for b in yn])
+    return lm, aux
 
 
 def pretrain_judge(a):
@@ -355,13 +410,15 @@ def pretrain_judge(a):
     vlm = Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(tokenizer))
     judge = V.Judge(vlm, tokenizer)
     heads = CellHeads(vlm.config.text_config.hidden_size)
-    params = list(vlm.parameters()) + list(heads.parameters())
+    ground = GroundHeads(vlm.config.text_config.hidden_size)
+    params = list(vlm.parameters()) + list(heads.parameters()) + list(ground.parameters())
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     step = 0
     if a.resume and os.path.exists(state_path):
         st = torch.load(state_path, map_location="cpu", weights_only=False)
         vlm.load_state_dict(st["vlm"])
         heads.load_state_dict(st["heads"])
+        ground.load_state_dict(st["ground"])
         opt.load_state_dict(st["opt"])
         step, rng = st["step"], st["rng"]
         print(f"resumed at step {step}")
@@ -381,7 +438,7 @@ def pretrain_judge(a):
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
         vlm.train()
-        lm, aux = judge_batch_loss(judge, heads, batch)
+        lm, aux = judge_batch_loss(judge, heads, batch, ground)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
         opt.zero_grad(set_to_none=True)
@@ -399,6 +456,7 @@ def pretrain_judge(a):
             M.atomic_save_dir(out, lambda d: (vlm.save_pretrained(d), tokenizer.save_pretrained(d)))
             os.makedirs(a.state_dir, exist_ok=True)
             torch.save({"vlm": vlm.state_dict(), "heads": heads.state_dict(),
+                        "ground": ground.state_dict(),
                         "opt": opt.state_dict(), "step": step, "rng": rng}, state_path + ".tmp")
             os.replace(state_path + ".tmp", state_path)
     pbar.close()

@@ -61,7 +61,7 @@ def test_edit_questions_follow_the_paper():
 def test_question_labels_follow_the_scene():
     rng = random.Random(1)
     for _ in range(500):
-        t, q, (ref, cand), label, kind = P.pair_question(rng)
+        t, q, (ref, cand), label, kind, touched = P.pair_question(rng)
         if kind == "target":
             assert label
         if kind == "unchanged":

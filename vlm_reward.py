@@ -127,7 +127,7 @@ class Judge:
         text = text.replace("<|image_pad|>", "<|image_pad|>" * self.tokens_per_image)
         return text + (f"{answer}<|im_end|>" if answer is not None else "")
 
-    def forward(self, texts, features):
+    def forward(self, texts, features, hidden=False):
         """Run the language model on texts whose image placeholders are filled, in order, by
         features (a list of (B_i, tokens, D) tensors, concatenated in text order). Right-padded.
         Returns (logits (B, L, V), attention mask (B, L), input ids)."""
@@ -140,7 +140,9 @@ class Judge:
         out = self.vlm(input_ids=ids, attention_mask=tok.attention_mask, image_grid_thw=grid,
                        mm_token_type_ids=(ids == self.vlm.config.image_token_id).long(),
                        mm_encoder_outputs={"image": BaseModelOutputWithPooling(
-                           pooler_output=(feats.to(self.vlm.dtype),))})
+                           pooler_output=(feats.to(self.vlm.dtype),))}, output_hidden_states=hidden)
+        if hidden:  # also the last layer's hidden states (B, L, D), for pretraining's heads
+            return out.logits, tok.attention_mask, ids, out.hidden_states[-1]
         return out.logits, tok.attention_mask, ids
 
     def answer_logits(self, questions, images_per_question):
