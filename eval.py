@@ -88,7 +88,6 @@ def aggregate(rows):
 
 def hf_judge(model_id, max_new_tokens=96):
     """A judge_fn from any transformers image-text-to-text model, by hub id or local path."""
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
     processor = AutoProcessor.from_pretrained(model_id)
     vlm = AutoModelForImageTextToText.from_pretrained(model_id, dtype="auto").eval()

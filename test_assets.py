@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
+import judge_data as J
 import model as M
 import pretrain as P
-import toyworld as tw
 import vlm_reward as V
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "small")
@@ -27,7 +27,7 @@ def test_shipped_prior_draws_its_captions():
 def test_shipped_judge_answers_200_fixed_questions():
     judge = V.load_judge(f"{ASSETS}/judge")
     rng = random.Random(99)
-    qs = [P.judge_sample(rng, "single") for _ in range(100)] + \
-        [P.judge_sample(rng, "pair") for _ in range(100)]
-    acc = P.judge_accuracy(judge, qs)
+    qs = [J.judge_sample(rng, "single") for _ in range(100)] + \
+        [J.judge_sample(rng, "pair") for _ in range(100)]
+    acc = J.judge_accuracy(judge, qs)
     assert acc["single"] >= 0.9 and acc["pair"] >= 0.9, acc

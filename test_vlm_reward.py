@@ -2,11 +2,10 @@
 python -m pytest -q test_vlm_reward.py"""
 import random
 
-import numpy as np
 import pytest
 import torch
 
-import pretrain as P
+import judge_data as J
 import toyworld as tw
 import vlm_reward as V
 
@@ -14,7 +13,7 @@ import vlm_reward as V
 @pytest.fixture(scope="module")
 def judge():
     torch.manual_seed(0)
-    tok = P.judge_tokenizer()
+    tok = J.judge_tokenizer()
     vlm = V.Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(tok, 32, 32, 1))
     return V.Judge(vlm.eval(), tok)
 
@@ -61,7 +60,7 @@ def test_edit_questions_follow_the_paper():
 def test_question_labels_follow_the_scene():
     rng = random.Random(1)
     for _ in range(500):
-        t, q, (ref, cand), label, kind, touched = P.pair_question(rng)
+        t, q, (ref, cand), label, kind, touched = J.pair_question(rng)
         if kind == "target":
             assert label
         if kind == "unchanged":
@@ -70,7 +69,7 @@ def test_question_labels_follow_the_scene():
             assert not label
     s = tw.Scene("white", (("red", "circle"), None, None, None))
     for _ in range(200):
-        t, q, label = P.single_question(rng, s)
+        t, q, label = J.single_question(rng, s)
         if t == "background":
             assert label == ("white" in q)
         if t == "position":

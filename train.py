@@ -14,7 +14,6 @@ targets exist only inside the oracle that scores the final evaluation.
 import contextlib
 import copy
 import json
-import math
 import os
 import random
 import sys
@@ -127,7 +126,7 @@ def load_models(cfg, device):
                              f" (or pass --{what}=PATH)")
     transformer, text_encoder, tok = prior_of(cfg)
     if cfg.judge == "random":
-        from pretrain import judge_tokenizer
+        from judge_data import judge_tokenizer
         jt = judge_tokenizer()
         vlm = V.Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(jt, 32, 32, 1))
         judge = V.Judge(vlm.eval().requires_grad_(False), jt)
