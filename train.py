@@ -355,7 +355,8 @@ def main(argv):
             x, cap, cap_mask, l_vlm, l_dmd, l_nothing = generator_losses(
                 cfg, gen, judge, real_score, fake_score, text_encoder, tok, edits, ref, step)
         loss = cfg.w_vlm * l_vlm + cfg.w_dmd * l_dmd + l_nothing
-        if (step + 1) % cfg.log_every == 0 and master:  # how hard each loss pulls on the pixels
+        gx = [float("nan")] * 2
+        if (step + 1) % cfg.log_every == 0 and master and not ddp:  # each loss's pull on pixels
             gx = [torch.autograd.grad(w * l, x, retain_graph=True, allow_unused=True)[0]
                   for w, l in ((cfg.w_vlm, l_vlm), (cfg.w_dmd, l_dmd))]
             gx = [0.0 if g is None else g.norm().item() for g in gx]
