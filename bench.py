@@ -15,7 +15,6 @@ import torch
 
 import dmd
 import model as M
-import toyworld as tw
 import train
 import vlm_reward as V
 
@@ -38,16 +37,16 @@ def main():
     torch.set_num_threads(a.threads)
     _, cfg = train.parse_args(["--config", a.config] + ([f"--judge={a.judge}"] if a.judge else []))
     torch.manual_seed(0)
-    generator, real_score, fake_score, text_encoder, tok, judge = train.load_models(cfg, "cpu")
+    S = train.load_models(cfg, "cpu")
+    generator, real_score, fake_score, judge = S.generator, S.real_score, S.fake_score, S.judge
     opt_g = torch.optim.AdamW(generator.parameters(), lr=1e-6)
     opt_f = torch.optim.AdamW(fake_score.parameters(), lr=1e-6)
-    rng = random.Random(0)
-    edits = [tw.random_edit(rng, "train") for _ in range(cfg.batch_size)]
-    ref = tw.to_tensor([tw.render(e.reference) for e in edits])
-    ids, mask = generator.tokenize([e.instruction for e in edits])
-    cap, cap_mask, null, null_mask = train.edited_captions(text_encoder, tok, edits)
+    b = train.make_batches(cfg, random.Random(0), "cpu")(cfg.batch_size)
+    ref, instr = b.ref, b.instructions
+    ids, mask = generator.condition(instr)
+    cap, cap_mask = S.captions(b.captions)
+    null, null_mask = S.captions(b.captions, drop=torch.ones(len(instr), dtype=torch.bool))
     x_fixed = M.unroll(generator, ref, ids, mask, 2).detach()
-    instr = [e.instruction for e in edits]
 
     def unroll():
         opt_g.zero_grad()
@@ -72,15 +71,14 @@ def main():
         step = 2 * cfg.max_k  # any step whose k is max_k (so the unroll above matches)
         while random.Random(cfg.seed * 100_003 + step).randint(1, cfg.max_k) != cfg.max_k:
             step += 1
-        x, c, cm, l_vlm, l_dmd, l_nothing = train.generator_losses(
-            cfg, generator, judge, real_score, fake_score, text_encoder, tok, edits, ref, step)
+        x, cap_, l_vlm, l_dmd, l_nothing = train.generator_losses(cfg, generator, S, b, step)
         opt_g.zero_grad()
         (cfg.w_vlm * l_vlm + cfg.w_dmd * l_dmd + l_nothing).backward()
         opt_g.step()
         xd = x.detach()
         for _ in range(cfg.n_aux):
             opt_f.zero_grad()
-            dmd.fake_score_loss(fake_score, xd, c, cm).backward()
+            dmd.fake_score_loss(fake_score, xd, *cap_).backward()
             opt_f.step()
 
     parts = {"generator unroll fwd+bwd (k=2)": unroll, "real+fake score passes": scores,

@@ -147,40 +147,55 @@ class Generator(torch.nn.Module):
     encoder, reading the instruction c. Initialised from the prior; trained by NP-Edit.
 
     The reference is concatenated along *channels* (InstructPix2Pix style): the patch embedding
-    gets 3 extra input channels whose weights start at zero, so at init G is exactly the prior.
+    gets extra input channels whose weights start at zero, so at init G is exactly the prior.
     The paper concatenates reference tokens along the sequence instead; Sana's Mix-FFN runs a
     3x3 depthwise conv over the token grid, so a second image in the sequence would need its own
     grid, while channel concatenation keeps one grid and costs nothing extra. The reference is
-    always given clean and detached."""
+    always given clean and detached.
 
-    def __init__(self, transformer, text_encoder, tokenizer):
+    Text: the small world trains its tiny text encoder with the transformer (condition() gives
+    token ids, encoded inside forward); real presets keep theirs frozen (text_cache, a
+    real.TextCache, gives hidden states once per prompt)."""
+
+    def __init__(self, transformer, text_encoder, tokenizer, text_cache=None):
         super().__init__()
         self.transformer, self.text_encoder, self.tokenizer = transformer, text_encoder, tokenizer
+        self.text_cache = text_cache
 
     @classmethod
-    def from_prior(cls, transformer, text_encoder, tokenizer):
+    def from_prior(cls, transformer, text_encoder, tokenizer, text_cache=None):
         import copy
         cfg = dict(transformer.config)
         c = cfg["in_channels"]
-        cfg["in_channels"] = 2 * c
+        cfg["in_channels"], cfg["out_channels"] = 2 * c, cfg.get("out_channels") or c
         t = SanaTransformer2DModel.from_config(cfg)
+        if t.dtype != transformer.dtype:
+            t = t.to(transformer.dtype)
         sd = transformer.state_dict()
         w = sd["patch_embed.proj.weight"]  # (D, c, p, p) -> (D, 2c, p, p), new half zero
         sd["patch_embed.proj.weight"] = torch.cat([w, torch.zeros_like(w)], 1)
         t.load_state_dict(sd)
-        text_encoder = copy.deepcopy(text_encoder)
-        for m in text_encoder.modules():  # no dropout: the unroll's two passes must agree
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        return cls(use_softmax_attention(t), text_encoder, tokenizer)
+        t.set_attn_processor(transformer.attn_processors)  # softmax in the small world
+        if text_cache is None:  # trained with the editor: its own copy, no dropout
+            text_encoder = copy.deepcopy(text_encoder)
+            for m in text_encoder.modules():  # the unroll's two passes must agree
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = 0.0
+        else:
+            text_encoder = None  # frozen, lives in the cache
+        return cls(t, text_encoder, tokenizer, text_cache)
 
-    def tokenize(self, instructions):
+    def condition(self, instructions):
+        """-> (text, mask): token ids (small world) or frozen hidden states (real presets)."""
+        if self.text_cache is not None:
+            return self.text_cache(instructions)
         return tokenize(self.tokenizer, instructions, next(self.parameters()).device)
 
-    def forward(self, x_t, t, reference, ids, mask):
-        """Velocity v_hat(x_t, t | y, c). The instruction is encoded inside forward (the tiny
-        text encoder is trained with the transformer), so one DDP-wrapped call covers all."""
-        text = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    def forward(self, x_t, t, reference, text, mask):
+        """Velocity v_hat(x_t, t | y, c). Token ids are encoded here, inside forward, so one
+        DDP-wrapped call covers the trainable text encoder too."""
+        if not text.is_floating_point():
+            text = self.text_encoder(input_ids=text, attention_mask=mask).last_hidden_state
         return velocity(self.transformer, torch.cat([x_t, reference.detach()], 1), t, text, mask)
 
 
@@ -192,14 +207,15 @@ def shifted(ts, shift):
 
 
 def sample_edit(generator, reference, instructions, steps=(1.0, 0.75, 0.5, 0.25), shift=1.0,
-                seed=0):
+                seed=0, clamp=True):
     """The few-step editor: at each t predict x0, then re-noise it with fresh noise to the next
-    t (DDIM with eta = 1); no CFG. Returns edited images (B, 3, H, W) in [-1, 1]."""
+    t (DDIM with eta = 1); no CFG. Returns edited images (B, C, H, W), clamped to [-1, 1] unless
+    clamp=False (latents of the real presets)."""
     g = torch.Generator().manual_seed(seed)
     dev = reference.device
     ts = shifted(steps, shift).tolist()
     with torch.no_grad():
-        ids, mask = generator.tokenize(instructions)
+        ids, mask = generator.condition(instructions)
         x = torch.randn(reference.shape, generator=g).to(dev)
         for i, t in enumerate(ts):
             tt = torch.full((reference.shape[0],), t, device=dev)
@@ -207,7 +223,7 @@ def sample_edit(generator, reference, instructions, steps=(1.0, 0.75, 0.5, 0.25)
             if i + 1 < len(ts):
                 x = add_noise(x0, torch.randn(x0.shape, generator=g).to(dev),
                               torch.full_like(tt, ts[i + 1]))
-    return x0.clamp(-1, 1)
+    return x0.clamp(-1, 1) if clamp else x0
 
 
 def unroll(generator, reference, ids, mask, k, steps=(1.0, 0.75, 0.5, 0.25), shift=1.0,
@@ -229,14 +245,16 @@ def unroll(generator, reference, ids, mask, k, steps=(1.0, 0.75, 0.5, 0.25), shi
 
 
 def identity_loss(generator, reference, ids, mask, steps=(1.0, 0.75, 0.5, 0.25), shift=1.0,
-                  generator_rng=None):
+                  generator_rng=None, target=None):
     """Warm-up ("learn to copy"): flow matching whose target image is the reference itself.
     t ~ U[0, 1], half of it on the few-step schedule's own t (t = 1 above all), which the
-    sampler and the unroll visit and a logit-normal t would almost never draw."""
+    sampler and the unroll visit and a logit-normal t would almost never draw. The SFT baseline
+    of the ablation issue passes the true edited image as target (the only use of pairs)."""
     B = reference.shape[0]
+    target = reference if target is None else target
     eps = torch.randn(reference.shape, generator=generator_rng).to(reference.device)
     sched = shifted(steps, shift)[torch.randint(len(steps), (B,), generator=generator_rng)]
     t = torch.where(torch.rand(B, generator=generator_rng) < 0.5, sched,
                     torch.rand(B, generator=generator_rng)).to(reference.device)
-    v = generator(add_noise(reference, eps, t), t, reference, ids, mask)
-    return F.mse_loss(v, eps - reference)
+    v = generator(add_noise(target, eps, t), t, reference, ids, mask)
+    return F.mse_loss(v, eps - target)

@@ -68,7 +68,7 @@ def tiny_models():
 
 
 def test_vlm_loss_gradient_reaches_generated_pixels_not_reference(tiny_models):
-    judge = tiny_models[-1]
+    judge = tiny_models.judge
     ref = torch.rand(3, 3, 32, 32, requires_grad=True)
     x = torch.rand(3, 3, 32, 32, requires_grad=True)
     instr = ["make the red circle blue", "remove the green square", "add a red square at top left"]
@@ -79,7 +79,7 @@ def test_vlm_loss_gradient_reaches_generated_pixels_not_reference(tiny_models):
 
 
 def test_unroll_gradient_flows_through_both_steps(tiny_models):
-    generator = tiny_models[0]
+    generator = tiny_models.generator
     outputs = []
 
     class Recorder(torch.nn.Module):
@@ -90,7 +90,7 @@ def test_unroll_gradient_flows_through_both_steps(tiny_models):
             return out
 
     ref = torch.rand(2, 3, 32, 32) * 2 - 1
-    ids, mask = generator.tokenize(["make the red circle blue"] * 2)
+    ids, mask = generator.condition(["make the red circle blue"] * 2)
     generator.zero_grad()
     x = M.unroll(Recorder(), ref, ids, mask, k=2)
     x.square().mean().backward()
@@ -102,9 +102,9 @@ def test_unroll_gradient_flows_through_both_steps(tiny_models):
 
 
 def test_generator_starts_as_the_prior(tiny_models):
-    generator, real_score = tiny_models[0], tiny_models[1]
+    generator, real_score = tiny_models.generator, tiny_models.real_score
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.8])
-    ids, mask = generator.tokenize(["top left red circle"] * 2)
+    ids, mask = generator.condition(["top left red circle"] * 2)
     text = generator.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     fresh = M.Generator.from_prior(real_score, generator.text_encoder, generator.tokenizer)
     with torch.no_grad():

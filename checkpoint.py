@@ -1,0 +1,102 @@
+"""Checkpoints of a training run: written atomically, resumed exactly, loadable on one device.
+
+    out/<config>/ckpt/model.safetensors   generator, EMA generator, fake score, torch RNG state
+    out/<config>/ckpt/optim.pt            optimizer moments
+    out/<config>/ckpt/state.json          stage, step, the full Config, python RNG state
+
+Everything is written to a temp folder and renamed (model.atomic_save_dir), so a kill never
+leaves a broken checkpoint. Under FSDP the weights and moments are gathered to full tensors
+first and rank 0 alone writes, so a checkpoint trained on eight GPUs loads (and resumes) on one.
+"""
+import json
+import os
+from dataclasses import asdict
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import model as M
+from config import Config
+
+
+def full_state(module, fsdp=False):
+    """A module's full (unsharded) state dict on CPU; a collective under FSDP (all ranks call)."""
+    if not fsdp:
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+
+
+def optim_state(opt, module, fsdp=False):
+    if not fsdp:
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(module, opt, options=StateDictOptions(full_state_dict=True,
+                                                                         cpu_offload=True))
+
+
+def save_checkpoint(path, stage, step, modules, opts, rng, cfg, rank=0, fsdp=False):
+    """modules: {"generator": .., "ema": .., "fake_score": ..}; opts: {name: (optimizer, module)}.
+    All ranks call it (FSDP gathers); rank 0 alone writes."""
+    states = {name: full_state(m, fsdp) for name, m in modules.items()}
+    moments = {k: optim_state(o, m, fsdp) for k, (o, m) in opts.items()}
+    if rank != 0:
+        return
+
+    def write(d):
+        os.makedirs(d)
+        tensors = {f"{name}.{k}": v for name, sd in states.items() for k, v in sd.items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                  f"{d}/model.safetensors")
+        torch.save(moments, f"{d}/optim.pt")
+        json.dump({"stage": stage, "step": step, "config": asdict(cfg),
+                   "rng.python": rng.getstate()}, open(f"{d}/state.json", "w"))
+    M.atomic_save_dir(path, write)
+
+
+def load_checkpoint(path, modules, opts, rng, fsdp=False):
+    """Restore weights, optimizer moments and both RNGs (every rank reads the files);
+    -> (stage, step)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    full = StateDictOptions(full_state_dict=True)
+    w = load_file(f"{path}/model.safetensors")
+    for name, m in modules.items():
+        sd = {k[len(name) + 1:]: v for k, v in w.items() if k.startswith(name + ".")}
+        set_model_state_dict(m, sd, options=full) if fsdp else m.load_state_dict(sd)
+    torch.set_rng_state(w["rng.torch"])
+    for k, sd in torch.load(f"{path}/optim.pt", map_location="cpu").items():
+        if k in opts:
+            o, m = opts[k]
+            set_optimizer_state_dict(m, o, sd, options=full) if fsdp else o.load_state_dict(sd)
+    st = json.load(open(f"{path}/state.json"))
+    v, state, gauss = st["rng.python"]
+    rng.setstate((v, tuple(state), gauss))
+    return st["stage"], st["step"]
+
+
+def load_editor(path, device="cpu"):
+    """The EMA editor of a run: path is its out_dir or its ckpt folder. -> (generator, Config).
+    Raises FileNotFoundError / ValueError with a one-line reason for a missing or foreign one."""
+    from train import prior_of
+    ckpt = path if os.path.exists(f"{path}/state.json") else f"{path}/ckpt"
+    if not os.path.exists(f"{ckpt}/state.json") or not os.path.exists(f"{ckpt}/model.safetensors"):
+        raise FileNotFoundError(f"no checkpoint in {path!r} (expected {ckpt}/state.json and "
+                                "model.safetensors; train one with: python train.py --config small)")
+    try:
+        st = json.load(open(f"{ckpt}/state.json"))
+        cfg = Config(**st["config"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{ckpt}/state.json is not a checkpoint of this repo ({e})")
+    if cfg.kind != "small":
+        raise ValueError(f"{ckpt} is a {cfg.kind} preset's run; sample.py edits small-world runs")
+    transformer, text_encoder, tok = prior_of(cfg)
+    generator = M.Generator.from_prior(transformer, text_encoder, tok)
+    w = load_file(f"{ckpt}/model.safetensors")
+    try:
+        generator.load_state_dict({k[4:]: v for k, v in w.items() if k.startswith("ema.")})
+    except RuntimeError as e:
+        raise ValueError(f"{ckpt} does not match its preset's model ({str(e).splitlines()[0]})")
+    return generator.to(device).eval(), cfg
