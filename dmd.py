@@ -18,7 +18,9 @@ from model import add_noise, velocity, x0_from_v
 
 def real_velocity(real_score, x_t, t, text, mask, null_text, null_mask, cfg):
     """Frozen prior with CFG: v = v_uncond + cfg (v_cond - v_uncond); cfg may be per sample."""
-    B = x_t.shape[0]
+    B, L = x_t.shape[0], max(text.shape[1], null_text.shape[1])  # pad both to one length
+    text, null_text = (F.pad(h, (0, 0, 0, L - h.shape[1])) for h in (text, null_text))
+    mask, null_mask = (F.pad(m, (0, L - m.shape[1])) for m in (mask, null_mask))
     v = velocity(real_score, torch.cat([x_t, x_t]), torch.cat([t, t]),
                  torch.cat([text, null_text]), torch.cat([mask, null_mask]))
     v_c, v_u = v[:B], v[B:]

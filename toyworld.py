@@ -374,13 +374,15 @@ def evaluate(edit_fn, edits, batch=100):
 
 
 def grid(rows, scale=3, pad=2):
-    """rows: lists of 32x32 images (PIL or uint8 arrays) -> one PIL image, one row per list."""
-    w = max(len(r) for r in rows)
-    out = Image.new("RGB", (w * (SIZE + pad) + pad, len(rows) * (SIZE + pad) + pad), (200,) * 3)
+    """rows: lists of same-size square images (PIL or uint8 arrays) -> one PIL image, a row per
+    list, enlarged scale times (nearest)."""
+    rows = [[im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in r]
+            for r in rows]
+    s, w = rows[0][0].width, max(len(r) for r in rows)
+    out = Image.new("RGB", (w * (s + pad) + pad, len(rows) * (s + pad) + pad), (200,) * 3)
     for i, r in enumerate(rows):
         for j, im in enumerate(r):
-            im = im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im))
-            out.paste(im, (pad + j * (SIZE + pad), pad + i * (SIZE + pad)))
+            out.paste(im, (pad + j * (s + pad), pad + i * (s + pad)))
     return out.resize((out.width * scale, out.height * scale), Image.NEAREST)
 
 

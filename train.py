@@ -55,7 +55,8 @@ def load_models(cfg, device):
         judge = real.load_vlm(cfg.judge, cfg.tiny, cfg.judge_size, key="judge")
         captions = real.TextCache(text_encoder.to(device, frozen).eval().requires_grad_(False), tok)
         generator = M.Generator.from_prior(transformer, None, tok, text_cache=captions)
-        vae = vae.to(device, frozen).eval().requires_grad_(False)
+        vae = vae.to(device).eval().requires_grad_(False)
+        vae = vae.to(frozen) if frozen != torch.float32 else vae
         to_latent, to_pixels = (lambda im: real.vae_encode(vae, im)), (lambda x: real.vae_decode(vae, x))
     else:
         for what, path in (("prior", cfg.prior), ("judge", cfg.judge)):
@@ -111,12 +112,18 @@ def make_batches(cfg, rng, device):
     records = None
     if cfg.kind == "real" and cfg.data:
         import real
-        records = real.read_jsonl(cfg.data)
+        try:
+            records = real.read_jsonl(cfg.data)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
 
     def next_batch(n):
         if records is not None:
             recs = [rng.choice(records) for _ in range(n)]
-            ref = torch.stack([real.load_image(r["image"], cfg.resolution) for r in recs])
+            try:
+                ref = torch.stack([real.load_image(r["image"], cfg.resolution) for r in recs])
+            except ValueError as e:
+                raise SystemExit(f"error: {e}")
             return SimpleNamespace(instructions=[r["instruction"] for r in recs],
                                    types=[r["type"] for r in recs], target=None,
                                    captions=[r["edited_caption"] for r in recs], ref=ref.to(device))
@@ -184,6 +191,23 @@ def generator_losses(cfg, gen, S, b, step):
             lambda xt, t: M.velocity(S.fake_score, xt, t, *cap))
     l_nothing = F.mse_loss(x[nothing], ref[nothing]) if nothing.any() else x.sum() * 0
     return x, cap, l_vlm, l_dmd, l_nothing
+
+
+def grpo_loss(cfg, gen, init, S, b):
+    """The Flow-GRPO baseline (grpo.py), same judge as a scalar reward: each (reference,
+    instruction) sampled group_size times with the SDE sampler, rewards = the judge's yes/no
+    probabilities, group-relative advantages, a clipped policy gradient and a KL to init."""
+    import grpo
+    text, mask = S.generator.condition(b.instructions)
+    ref = S.to_latent(b.ref)
+    x0, traj = grpo.rollout(gen, ref, text, mask, shift=cfg.shift, clamp=cfg.kind == "small")
+    r = grpo.reward(S.judge, b.ref, S.to_pixels(x0), b.instructions)
+    logp, mu = grpo.log_probs(gen, traj, ref, text, mask)
+    with torch.no_grad():
+        mu_ref = grpo.log_probs(init, traj, ref, text, mask)[1]
+    loss = grpo.grpo_loss(logp, traj.logp, grpo.group_advantages(r, cfg.group_size),
+                          kl_coef=cfg.kl_coef, mu_new=mu, mu_ref=mu_ref, std=traj.std)
+    return loss, {"reward": r.mean().item()}
 
 
 def main(argv):
@@ -298,9 +322,16 @@ def main(argv):
 
     # ---- stage 2: NP-Edit (or, for the ablation issue, a baseline with the same budget)
     t0, seen, step0 = time.time(), 0, step
+    init = copy.deepcopy(generator).requires_grad_(False) if cfg.method == "grpo" else None
     while step < cfg.max_steps:
-        b = next_batch(cfg.batch_size)
-        logs, gx = {}, [float("nan")] * 2
+        if cfg.method == "grpo":  # groups: each edit repeated group_size times
+            b = next_batch(cfg.batch_size // cfg.group_size)
+            b = SimpleNamespace(**{k: [x for x in v for _ in range(cfg.group_size)]
+                                   if isinstance(v, list) else v.repeat_interleave(
+                                       cfg.group_size, 0) for k, v in vars(b).items()})
+        else:
+            b = next_batch(cfg.batch_size)
+        logs = {}
         with autocast():
             if cfg.method == "npedit":
                 x, cap, l_vlm, l_dmd, l_nothing = generator_losses(cfg, gen, S, b, step)
@@ -310,10 +341,13 @@ def main(argv):
                 loss = M.identity_loss(gen, S.to_latent(b.ref), *generator.condition(
                     b.instructions), shift=cfg.shift, target=S.to_latent(b.target))
                 logs = {"sft": loss.item()}
+            else:
+                loss, logs = grpo_loss(cfg, gen, init, S, b)
         if cfg.method == "npedit" and (step + 1) % cfg.log_every == 0 and master and not ddp:
             gx = [torch.autograd.grad(w * l, x, retain_graph=True, allow_unused=True)[0]
                   for w, l in ((cfg.w_vlm, l_vlm), (cfg.w_dmd, l_dmd))]  # each loss's pull
-            gx = [0.0 if g is None else g.norm().item() for g in gx]
+            logs.update({f"|dL/dx| {k}": 0.0 if g is None else g.norm().item()
+                         for k, g in zip(("vlm", "dmd"), gx)})
         for g in opt_g.param_groups:
             g["lr"] = cfg.lr * lr_factor(step)
         opt_g.zero_grad(set_to_none=True)
@@ -338,9 +372,9 @@ def main(argv):
         seen += len(b.instructions) * world
         if step % cfg.log_every == 0:
             dt = time.time() - t0
-            print0(f"step {step}/{cfg.max_steps} | " + " ".join(f"{k} {v:.4f}" for k, v in
+            print0(f"step {step}/{cfg.max_steps} | " + " ".join(f"{k} {v:.4g}" for k, v in
                                                                 logs.items()) +
-                   f" | |dL/dx| vlm {gx[0]:.2e} dmd {gx[1]:.2e} | gnorm {gnorm:.3f} | lr "
+                   f" | gnorm {gnorm:.3f} | lr "
                    f"{opt_g.param_groups[0]['lr']:.1e} | {dt / (step - step0) * 1000:.0f} ms/step"
                    f" | {seen / dt:.1f} img/s")
         if step % cfg.grid_every == 0 or step == cfg.max_steps:

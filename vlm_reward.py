@@ -52,7 +52,8 @@ def removed_object(instruction):
 
 # ----------------------------------------------------------------------------- the judge model
 
-def tiny_judge_config(tokenizer, vision_width=96, text_width=128, text_layers=4):
+def tiny_judge_config(tokenizer, vision_width=96, text_width=128, text_layers=4, patch_size=8,
+                      window_size=32):
     """A small-world Qwen2.5-VL: vision patch 8 + merge 2, so each merged visual token of a
     32x32 image is one 16 px cell of the world (../shared/spikes.md)."""
     ids = tokenizer.convert_tokens_to_ids
@@ -60,8 +61,9 @@ def tiny_judge_config(tokenizer, vision_width=96, text_width=128, text_layers=4)
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     return Qwen2_5_VLConfig(
         vision_config=dict(depth=2, hidden_size=vision_width, intermediate_size=2 * vision_width,
-                           num_heads=4, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
-                           window_size=32, out_hidden_size=text_width, fullatt_block_indexes=[0, 1]),
+                           num_heads=4, patch_size=patch_size, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=window_size,
+                           out_hidden_size=text_width, fullatt_block_indexes=[0, 1]),
         text_config=dict(vocab_size=len(tokenizer), hidden_size=text_width,
                          intermediate_size=2 * text_width, num_hidden_layers=text_layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

@@ -1,0 +1,123 @@
+"""The paper's comparisons, reproduced in the small world with its exact oracle, in one command.
+
+    python ablations.py                          # every row; 3 seeds for NP-Edit and SFT
+    python ablations.py --rows npedit dmd_only --seeds 0 --extra --max_steps=100   # a quick look
+
+Every row starts from the same identity warm-up (trained once per seed, then copied), runs the
+small preset's generator steps with the same batch, and is scored on the same fixed eval set
+(toyworld.eval_edits). Each row is a flag of train.py, not a copy of it:
+  npedit     NP-Edit, no pairs (the small preset)
+  sft        supervised flow matching on true (reference, instruction) -> target pairs
+  dmd_only   no VLM loss (w_vlm = 0)
+  vlm_only   no DMD (w_dmd = 0)
+  no_ident   no "is the rest unchanged?" question
+  full_vocab full-vocabulary cross-entropy instead of the yes/no BCE
+  grpo       Flow-GRPO with the same judge as a scalar reward (grpo.py)
+Writes out/ablations/results.md (markdown table, mean +- std over seeds, wall time per row) and
+out/ablations/grid.png (one row per method on the same inputs), and prints the table.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROWS = {
+    "npedit": ("NP-Edit (no pairs)", []),
+    "sft": ("SFT on true pairs", ["--method=sft"]),
+    "dmd_only": ("DMD only (no VLM)", ["--w_vlm=0"]),
+    "vlm_only": ("VLM only (no DMD)", ["--w_dmd=0"]),
+    "no_ident": ("no identity question", ["--identity_question=false"]),
+    "full_vocab": ("full-vocab CE", ["--full_vocab=true"]),
+    "grpo": ("Flow-GRPO (judge as reward)", ["--method=grpo"]),
+}
+MULTI_SEED = ("npedit", "sft")
+
+
+def train(out_dir, args):
+    """Run train.py; -> wall seconds. Output goes to <out_dir>.log."""
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    t = time.time()
+    with open(out_dir + ".log", "w") as log:
+        r = subprocess.run([sys.executable, "train.py", "--config", "small",
+                            f"--out_dir={out_dir}", *args], stdout=log, stderr=subprocess.STDOUT)
+    if r.returncode:
+        raise SystemExit(f"error: {out_dir} failed (exit {r.returncode}); see {out_dir}.log")
+    return time.time() - t
+
+
+def fmt(values):
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(results):
+    """results: {row: [(metrics, wall seconds), ...]} -> markdown."""
+    types = list(next(iter(results.values()))[0][0]["by_type"])
+    out = ["| method | seeds | success | preservation | realism | " +
+           " | ".join(f"{t} success" for t in types) + " | min/run |",
+           "|---" * (6 + len(types)) + "|"]
+    for row, runs in results.items():
+        m = [r[0] for r in runs]
+        cells = [fmt([x["overall"][k] for x in m]) for k in ("success", "preservation", "realism")]
+        cells += [fmt([x["by_type"][t]["success"] for x in m]) for t in types]
+        wall = statistics.mean(r[1] for r in runs) / 60
+        out.append(f"| {ROWS[row][0]} | {len(runs)} | " + " | ".join(cells) + f" | {wall:.1f} |")
+    return "\n".join(out)
+
+
+def grid(results, root, n=12):
+    """One row per method (its first seed) on the same eval inputs; first rows: input, target."""
+    import torch
+    import toyworld as tw
+    from train import editor_fn, load_editor
+    edits = tw.eval_edits(n, seed=7)
+    refs = [tw.render(e.reference) for e in edits]
+    rows = [refs, [tw.render(e.target) for e in edits]]
+    for row in results:
+        generator, cfg = load_editor(f"{root}/{row}_s{results[row][0][2]}")
+        with torch.no_grad():
+            rows.append(editor_fn(generator, "cpu", cfg.shift)(refs, [e.instruction for e in edits]))
+    tw.grid(rows).save(f"{root}/grid.png")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--root", default="out/ablations")
+    p.add_argument("--extra", nargs="*", default=[], help="--key=value for every run")
+    a = p.parse_args(argv)
+    t0, results = time.time(), {}
+    for seed in a.seeds:  # the shared warm-up, once per seed (max_steps=0: warm-up only)
+        warm = f"{a.root}/warmup_s{seed}"
+        if not os.path.exists(f"{warm}/warmup_metrics.json"):
+            train(warm, [f"--seed={seed}", "--max_steps=0", *a.extra])
+    for row in a.rows:
+        for seed in (a.seeds if row in MULTI_SEED else a.seeds[:1]):
+            out = f"{a.root}/{row}_s{seed}"
+            if not os.path.exists(f"{out}/metrics.json"):
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.copytree(f"{a.root}/warmup_s{seed}/ckpt", f"{out}/ckpt")
+                shutil.copy(f"{a.root}/warmup_s{seed}/warmup_metrics.json", out)
+                wall = train(out, [f"--seed={seed}", *ROWS[row][1], *a.extra])
+                json.dump({"wall_s": wall}, open(f"{out}/wall.json", "w"))
+            wall = json.load(open(f"{out}/wall.json"))["wall_s"]
+            results.setdefault(row, []).append((json.load(open(f"{out}/metrics.json")), wall, seed))
+            print(f"{row} seed {seed}: success {results[row][-1][0]['overall']['success']:.3f}"
+                  f" ({wall / 60:.1f} min)")
+    md = table(results)
+    cmd = "python ablations.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    open(f"{a.root}/results.md", "w").write(
+        f"{md}\n\n`{cmd.strip()}`: {(time.time() - t0) / 60:.0f} min in all.\n")
+    grid(results, a.root)
+    print(md)
+    print(f"wrote {a.root}/results.md and {a.root}/grid.png")
+
+
+if __name__ == "__main__":
+    main()
