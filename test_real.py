@@ -228,12 +228,12 @@ def _train(*args):
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("preset", ["base", "large"])
-def test_real_preset_runs_one_full_step_offline(preset, tmp_path):
+@pytest.mark.parametrize("preset,extra", [("base", []), ("large", ["--lora_rank=4"])])
+def test_real_preset_runs_one_full_step_offline(preset, extra, tmp_path):
     """Generator, fake score, VLM, VAE and text encoder: one warm-up and one NP-Edit step of the
     tiny twins; the preview grid holds 8 inputs and 8 edits at the preset's 512 px."""
     r = _train("--config", preset, "--tiny=True", "--warmup_steps=1", "--max_steps=1",
-               f"--out_dir={tmp_path}")
+               f"--out_dir={tmp_path}", *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step 1/1 | vlm" in r.stdout and "dmd" in r.stdout, r.stdout
     grid = Image.open(tmp_path / "grid_000001.png")
@@ -262,3 +262,14 @@ def test_real_preset_without_weights_is_a_one_line_error(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     line = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(line) == 1 and "nobody/not-a-model" in line[0] and "hf download" in line[0], r.stderr
+
+
+def test_lora_trains_adapters_and_the_patch_embedding_only():
+    import train
+    _, cfg = train.parse_args(["--config", "base", "--tiny=True", "--lora_rank=4"])
+    S = train.load_models(cfg, "cpu")
+    for m in (S.generator.transformer, S.fake_score):
+        names = [n for n, p in m.named_parameters() if p.requires_grad]
+        assert names and all("lora_" in n or n.startswith("patch_embed") for n in names), names
+        assert any("lora_" in n for n in names)
+    assert not any(p.requires_grad for p in S.real_score.parameters())
