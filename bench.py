@@ -1,13 +1,18 @@
-"""Time one NP-Edit iteration and each of its parts alone (a benchmark, not a test).
+"""Time one NP-Edit iteration and each of its parts alone (a benchmark, not a test); on CUDA
+also peak memory and MFU from counted FLOPs.
 
-    python bench.py                      # small preset, 2 CPU threads
-    python bench.py --config tiny --iters 3
+    python bench.py                                        # small preset, 2 CPU threads
+    python bench.py --config base --tiny=True              # the real presets' path, tiny twins
+    python bench.py --config base --tiny=True --device cuda --compile   # GPU: bf16 + compile
+    python bench.py --config base --device cuda --compile  # the real SANA + Qwen, if cached
 
 Parts: generator unroll forward + backward; real + fake score passes (dmd_loss, no grad inside);
-VLM forward + backward; the n_aux fake-score updates. Prints each part's ms and the full
-iteration over the sum of the parts (no wasted passes: close to 1).
+VLM forward + backward (through the VAE decoder on real presets); the n_aux fake-score updates.
+Prints each part's ms and the full iteration over the sum of the parts (no wasted passes: close
+to 1). Any other --key=value is a config override (config.py).
 """
 import argparse
+import contextlib
 import random
 import time
 
@@ -19,78 +24,112 @@ import train
 import vlm_reward as V
 
 
-def timed(fn, iters):
-    fn()  # warm-up
-    t = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    return (time.perf_counter() - t) / iters * 1000
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--config", default="small")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--judge", default=None, help="override the judge path (or 'random')")
-    a = p.parse_args()
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile generator and fake score")
+    p.add_argument("--peak_tflops", type=float, default=989.0,
+                   help="the accelerator's dense bf16 peak, for MFU (H100/H200 SXM: 989)")
+    a, overrides = p.parse_known_args()
     torch.set_num_threads(a.threads)
-    _, cfg = train.parse_args(["--config", a.config] + ([f"--judge={a.judge}"] if a.judge else []))
+    _, cfg = train.parse_args(["--config", a.config, *overrides])
+    cuda = a.device.startswith("cuda")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda \
+        else contextlib.nullcontext
     torch.manual_seed(0)
-    S = train.load_models(cfg, "cpu")
-    generator, real_score, fake_score, judge = S.generator, S.real_score, S.fake_score, S.judge
-    opt_g = torch.optim.AdamW(generator.parameters(), lr=1e-6)
-    opt_f = torch.optim.AdamW(fake_score.parameters(), lr=1e-6)
-    b = train.make_batches(cfg, random.Random(0), "cpu")(cfg.batch_size)
-    ref, instr = b.ref, b.instructions
-    ids, mask = generator.condition(instr)
-    cap, cap_mask = S.captions(b.captions)
-    null, null_mask = S.captions(b.captions, drop=torch.ones(len(instr), dtype=torch.bool))
-    x_fixed = M.unroll(generator, ref, ids, mask, 2).detach()
+    S = train.load_models(cfg, a.device)
+    generator, fake_score = S.generator, S.fake_score
+    gen, fake = (torch.compile(generator), torch.compile(fake_score)) if a.compile \
+        else (generator, fake_score)
+    opt_g = torch.optim.AdamW([q for q in generator.parameters() if q.requires_grad], lr=1e-7)
+    opt_f = torch.optim.AdamW([q for q in fake_score.parameters() if q.requires_grad], lr=1e-7)
+    b = train.make_batches(cfg, random.Random(0), a.device)(cfg.batch_size)
+    text, mask = generator.condition(b.instructions)
+    cap = S.captions(b.captions)
+    null = S.captions(b.captions, drop=torch.ones(len(b.captions), dtype=torch.bool))
+    ref = S.to_latent(b.ref)
+    with torch.no_grad(), autocast():
+        x_fixed = M.unroll(gen, ref, text, mask, 2, shift=cfg.shift).float()
 
     def unroll():
         opt_g.zero_grad()
-        M.unroll(generator, ref, ids, mask, 2).square().mean().backward()
+        with autocast():
+            loss = M.unroll(gen, ref, text, mask, 2, shift=cfg.shift).float().square().mean()
+        loss.backward()
 
     def scores():
-        dmd.dmd_loss(x_fixed, lambda xt, t: dmd.real_velocity(real_score, xt, t, cap, cap_mask, null,
-                                                               null_mask, cfg.cfg),
-                     lambda xt, t: M.velocity(fake_score, xt, t, cap, cap_mask))
+        with autocast():
+            dmd.dmd_loss(x_fixed, lambda xt, t: dmd.real_velocity(S.real_score, xt, t, *cap, *null,
+                                                                   cfg.cfg),
+                         lambda xt, t: M.velocity(fake, xt, t, *cap))
 
     def vlm():
         x = x_fixed.clone().requires_grad_(True)
-        V.vlm_loss(judge, ref, x, instr).backward()
+        with autocast():
+            loss = V.vlm_loss(S.judge, b.ref, S.to_pixels(x), b.instructions)
+        loss.backward()
 
-    def fake_updates():
+    def fake_updates(x=x_fixed, c=cap):
         for _ in range(cfg.n_aux):
             opt_f.zero_grad()
-            dmd.fake_score_loss(fake_score, x_fixed, cap, cap_mask).backward()
+            with autocast():
+                loss = dmd.fake_score_loss(fake, x, *c)
+            loss.backward()
             opt_f.step()
 
     def iteration():
-        step = 2 * cfg.max_k  # any step whose k is max_k (so the unroll above matches)
+        step = 2 * cfg.max_k  # any step whose k is max_k (2 generator passes, as unroll above)
         while random.Random(cfg.seed * 100_003 + step).randint(1, cfg.max_k) != cfg.max_k:
             step += 1
-        x, cap_, l_vlm, l_dmd, l_nothing = train.generator_losses(cfg, generator, S, b, step)
+        with autocast():
+            x, c, l_vlm, l_dmd, l_nothing = train.generator_losses(cfg, gen, S, b, step)
+            loss = cfg.w_vlm * l_vlm + cfg.w_dmd * l_dmd + l_nothing
         opt_g.zero_grad()
-        (cfg.w_vlm * l_vlm + cfg.w_dmd * l_dmd + l_nothing).backward()
+        loss.backward()
         opt_g.step()
-        xd = x.detach()
-        for _ in range(cfg.n_aux):
-            opt_f.zero_grad()
-            dmd.fake_score_loss(fake_score, xd, *cap_).backward()
-            opt_f.step()
+        fake_updates(x.detach().float(), c)
+
+    def timed(fn):
+        fn()  # warm-up (and compilation)
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(a.iters):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) / a.iters * 1000
 
     parts = {"generator unroll fwd+bwd (k=2)": unroll, "real+fake score passes": scores,
              "VLM fwd+bwd": vlm, f"{cfg.n_aux} fake-score updates": fake_updates}
-    ms = {k: timed(f, a.iters) for k, f in parts.items()}
-    total = timed(iteration, a.iters)
-    print(f"config {a.config}, batch {cfg.batch_size}, {a.threads} threads, {a.iters} iters")
+    ms = {k: timed(f) for k, f in parts.items()}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    total = timed(iteration)
+    print(f"config {a.config}{' (tiny twins)' if cfg.tiny else ''}, batch {cfg.batch_size}, "
+          f"{cfg.resolution} px, device {a.device}{', compiled' if a.compile else ''}, "
+          f"{a.iters} iters")
     for k, v in ms.items():
         print(f"  {k:34s} {v:8.1f} ms")
     print(f"  {'sum of parts':34s} {sum(ms.values()):8.1f} ms")
     print(f"  {'one NP-Edit iteration':34s} {total:8.1f} ms  "
           f"(ratio {total / sum(ms.values()):.2f}, target <= 1.2)")
+    if cuda:
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as fc:
+            iteration()
+        flops = fc.get_total_flops()
+        print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB | "
+              f"{flops / 1e12:.3f} TFLOP per iteration | MFU "
+              f"{flops / (total / 1000) / (a.peak_tflops * 1e12) * 100:.2f}% of "
+              f"{a.peak_tflops:.0f} TFLOP/s ({torch.cuda.get_device_name()})")
+    n = lambda m: sum(q.numel() for q in m.parameters())  # noqa: E731
+    print(f"  parameters: generator {n(generator) / 1e6:.2f}M (trainable "
+          f"{sum(q.numel() for q in generator.parameters() if q.requires_grad) / 1e6:.2f}M), "
+          f"fake score {n(fake_score) / 1e6:.2f}M, judge {n(S.judge.vlm) / 1e6:.2f}M")
 
 
 if __name__ == "__main__":

@@ -29,11 +29,11 @@ def full_state(module, fsdp=False):
 
 
 def optim_state(opt, module, fsdp=False):
-    if not fsdp:
-        return opt.state_dict()
+    """Optimizer moments keyed by parameter name (not position), one format with and without
+    FSDP, so a run can move between one device and many."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    return get_optimizer_state_dict(module, opt, options=StateDictOptions(full_state_dict=True,
-                                                                         cpu_offload=True))
+    return get_optimizer_state_dict(module, opt, options=StateDictOptions(
+        full_state_dict=fsdp, cpu_offload=fsdp))
 
 
 def save_checkpoint(path, stage, step, modules, opts, rng, cfg, rank=0, fsdp=False):
@@ -70,7 +70,7 @@ def load_checkpoint(path, modules, opts, rng, fsdp=False):
     for k, sd in torch.load(f"{path}/optim.pt", map_location="cpu").items():
         if k in opts:
             o, m = opts[k]
-            set_optimizer_state_dict(m, o, sd, options=full) if fsdp else o.load_state_dict(sd)
+            set_optimizer_state_dict(m, o, sd, options=full if fsdp else None)
     st = json.load(open(f"{path}/state.json"))
     v, state, gauss = st["rng.python"]
     rng.setstate((v, tuple(state), gauss))

@@ -396,6 +396,11 @@ def main(argv):
         dist.all_gather(gathered, flat.to(device))
         same = all(torch.equal(gathered[0].cpu(), g.cpu()) for g in gathered)
         print0(f"ranks hold identical weights: {same}")
+        # gloo's worker thread frees finished collectives, which needs the GIL; tearing the
+        # group down (DDP's reducer) while it does deadlocked ~1 run in 5, so let it drain first
+        dist.barrier()
+        time.sleep(1)
+        del gen, fake
         dist.destroy_process_group()
 
 
