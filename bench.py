@@ -127,6 +127,12 @@ def main():
               f"{flops / (total / 1000) / (a.peak_tflops * 1e12) * 100:.2f}% of "
               f"{a.peak_tflops:.0f} TFLOP/s ({torch.cuda.get_device_name()})")
     n = lambda m: sum(q.numel() for q in m.parameters())  # noqa: E731
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    for name, m, o in (("generator", generator, opt_g), ("fake score", fake_score, opt_f)):
+        moments = [v for st in o.state.values() for v in st.values() if torch.is_tensor(v)]
+        grads = [q.grad for q in m.parameters() if q.grad is not None]
+        print(f"  {name} training state: {nbytes([*m.parameters(), *grads, *moments]) / n(m):.1f}"
+              f" bytes/param (weights + grads + AdamW moments; the EMA adds 4 for the generator)")
     print(f"  parameters: generator {n(generator) / 1e6:.2f}M (trainable "
           f"{sum(q.numel() for q in generator.parameters() if q.requires_grad) / 1e6:.2f}M), "
           f"fake score {n(fake_score) / 1e6:.2f}M, judge {n(S.judge.vlm) / 1e6:.2f}M")

@@ -80,7 +80,6 @@ def load_checkpoint(path, modules, opts, rng, fsdp=False):
 def load_editor(path, device="cpu"):
     """The EMA editor of a run: path is its out_dir or its ckpt folder. -> (generator, Config).
     Raises FileNotFoundError / ValueError with a one-line reason for a missing or foreign one."""
-    from train import prior_of
     ckpt = path if os.path.exists(f"{path}/state.json") else f"{path}/ckpt"
     if not os.path.exists(f"{ckpt}/state.json") or not os.path.exists(f"{ckpt}/model.safetensors"):
         raise FileNotFoundError(f"no checkpoint in {path!r} (expected {ckpt}/state.json and "
@@ -92,7 +91,7 @@ def load_editor(path, device="cpu"):
         raise ValueError(f"{ckpt}/state.json is not a checkpoint of this repo ({e})")
     if cfg.kind != "small":
         raise ValueError(f"{ckpt} is a {cfg.kind} preset's run; sample.py edits small-world runs")
-    transformer, text_encoder, tok = prior_of(cfg)
+    transformer, text_encoder, tok = M.small_prior(cfg.prior)
     generator = M.Generator.from_prior(transformer, text_encoder, tok)
     w = load_file(f"{ckpt}/model.safetensors")
     try:

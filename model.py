@@ -70,6 +70,16 @@ def load_prior(path):
     return use_softmax_attention(transformer), text_encoder, tokenizer
 
 
+def small_prior(path):
+    """The small world's prior: a folder written by pretrain.py, or "random" (a tiny random
+    one, for tests). -> (transformer, text_encoder, tokenizer)."""
+    if path != "random":
+        return load_prior(path)
+    from toyworld import build_tokenizer
+    tok = build_tokenizer()
+    return (*tiny_prior(len(tok), width=32, layers=1, text_width=32, text_layers=1), tok)
+
+
 def atomic_save_dir(path, write):
     """write(tmp_dir), then swap it into place, so a kill never leaves a half-written folder."""
     import os

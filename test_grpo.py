@@ -16,7 +16,7 @@ import vlm_reward as V
 
 @pytest.fixture(scope="module")
 def generator():
-    """The tiny preset's editor (train.py's prior_of/load_models with prior="random")."""
+    """The tiny preset's editor (model.small_prior + train.load_models with prior="random")."""
     torch.manual_seed(0)
     tok = tw.build_tokenizer()
     transformer, text_encoder = M.tiny_prior(len(tok), width=32, layers=1, text_width=32,

@@ -35,14 +35,6 @@ from checkpoint import load_checkpoint, load_editor, save_checkpoint  # noqa: F4
 from config import PRESETS, Config, parse_args  # noqa: F401 (re-export)
 
 
-def prior_of(cfg):
-    """Small world: (transformer, text_encoder, tokenizer), the shipped prior or a tiny one."""
-    if cfg.prior != "random":
-        return M.load_prior(cfg.prior)
-    tok = tw.build_tokenizer()
-    return (*M.tiny_prior(len(tok), width=32, layers=1, text_width=32, text_layers=1), tok)
-
-
 def load_models(cfg, device):
     """-> namespace: generator (trainable), real_score (frozen), fake_score (trainable), judge
     (frozen); captions(texts, drop=None) -> frozen text features of c_x for both scores;
@@ -63,7 +55,7 @@ def load_models(cfg, device):
             if path != "random" and not os.path.isdir(path):
                 raise SystemExit(f"error: no {what} at {path}; make it with: python pretrain.py "
                                  f"{what} (or pass --{what}=PATH)")
-        transformer, text_encoder, tok = prior_of(cfg)
+        transformer, text_encoder, tok = M.small_prior(cfg.prior)
         if cfg.judge == "random":
             from judge_data import judge_tokenizer
             jt = judge_tokenizer()
