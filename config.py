@@ -56,6 +56,7 @@ class Config:
     grid_every: int = 200
     ckpt_every: int = 200
     eval_n: int = 500                    # fixed seeded oracle eval set at the end (0: none)
+    eval_every: int = 0                  # also evaluate (oracle, small world) every N steps
     threads: int = 0                     # torch CPU threads (0: torch's default)
 
 

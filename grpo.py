@@ -177,3 +177,19 @@ def group_advantages(rewards, group_size):
     r = rewards.float().view(-1, group_size)
     a = (r - r.mean(1, keepdim=True)) / (r.std(1, unbiased=False, keepdim=True) + 1e-4)
     return a.view(-1)
+
+
+def train_loss(generator, initial, S, b, group_size, kl_coef, shift=1.0, clamp=True):
+    """One Flow-GRPO update for train.py: the recipe of the module docstring on a batch b whose
+    edits come in groups of group_size (train.make_batches); S: train.load_models' namespace
+    (judge, to_latent, to_pixels). -> (loss, logs)."""
+    text, mask = S.generator.condition(b.instructions)
+    ref = S.to_latent(b.ref)
+    x0, traj = rollout(generator, ref, text, mask, shift=shift, clamp=clamp)
+    r = reward(S.judge, b.ref, S.to_pixels(x0), b.instructions)
+    logp, mu = log_probs(generator, traj, ref, text, mask)
+    with torch.no_grad():
+        mu_ref = log_probs(initial, traj, ref, text, mask)[1]
+    loss = grpo_loss(logp, traj.logp, group_advantages(r, group_size), kl_coef=kl_coef,
+                     mu_new=mu, mu_ref=mu_ref, std=traj.std)
+    return loss, {"reward": r.mean().item()}

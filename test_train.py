@@ -172,3 +172,12 @@ def test_missing_prior_or_judge_is_a_clear_error(tmp_path):
     cfg = train.Config(**{**train.PRESETS["tiny"], "judge": str(tmp_path / "nope")})
     with pytest.raises(SystemExit, match="no judge at .*python pretrain.py judge"):
         train.load_models(cfg, "cpu")
+
+
+@pytest.mark.parametrize("method,logged", [("sft", "sft "), ("grpo", "reward ")])
+def test_baselines_run_through_the_same_loop(method, logged, tmp_path):
+    r = _run([f"--out_dir={tmp_path}", f"--method={method}", "--max_steps=2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"step 2/2 | {logged}" in r.stdout, r.stdout[-2000:]
+    with pytest.raises(SystemExit, match="--method must be one of"):
+        train.parse_args(["--config", "tiny", "--method=dpo"])

@@ -185,23 +185,6 @@ def generator_losses(cfg, gen, S, b, step):
     return x, cap, l_vlm, l_dmd, l_nothing
 
 
-def grpo_loss(cfg, gen, init, S, b):
-    """The Flow-GRPO baseline (grpo.py), same judge as a scalar reward: each (reference,
-    instruction) sampled group_size times with the SDE sampler, rewards = the judge's yes/no
-    probabilities, group-relative advantages, a clipped policy gradient and a KL to init."""
-    import grpo
-    text, mask = S.generator.condition(b.instructions)
-    ref = S.to_latent(b.ref)
-    x0, traj = grpo.rollout(gen, ref, text, mask, shift=cfg.shift, clamp=cfg.kind == "small")
-    r = grpo.reward(S.judge, b.ref, S.to_pixels(x0), b.instructions)
-    logp, mu = grpo.log_probs(gen, traj, ref, text, mask)
-    with torch.no_grad():
-        mu_ref = grpo.log_probs(init, traj, ref, text, mask)[1]
-    loss = grpo.grpo_loss(logp, traj.logp, grpo.group_advantages(r, cfg.group_size),
-                          kl_coef=cfg.kl_coef, mu_new=mu, mu_ref=mu_ref, std=traj.std)
-    return loss, {"reward": r.mean().item()}
-
-
 def main(argv):
     name, cfg = parse_args(argv)
     # ---- compute init: DDP (or FSDP2) when launched by torchrun, one device otherwise
@@ -334,7 +317,9 @@ def main(argv):
                     b.instructions), shift=cfg.shift, target=S.to_latent(b.target))
                 logs = {"sft": loss.item()}
             else:
-                loss, logs = grpo_loss(cfg, gen, init, S, b)
+                import grpo
+                loss, logs = grpo.train_loss(gen, init, S, b, cfg.group_size, cfg.kl_coef,
+                                             cfg.shift, clamp=cfg.kind == "small")
         if cfg.method == "npedit" and (step + 1) % cfg.log_every == 0 and master and not ddp:
             gx = [torch.autograd.grad(w * l, x, retain_graph=True, allow_unused=True)[0]
                   for w, l in ((cfg.w_vlm, l_vlm), (cfg.w_dmd, l_dmd))]  # each loss's pull
@@ -372,6 +357,9 @@ def main(argv):
         if step % cfg.grid_every == 0 or step == cfg.max_steps:
             if master or fsdp:
                 preview()
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and master \
+                and cfg.kind == "small" and cfg.eval_n:
+            evaluate(ema, cfg, device, f"step{step:06d}", cfg.out_dir)
         if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
             save()
 
