@@ -1,7 +1,7 @@
 """The paper's comparisons, reproduced in the small world with its exact oracle, in one command.
 
     python ablations.py                          # every row; 3 seeds for NP-Edit and SFT
-    python ablations.py --rows npedit dmd_only --seeds 0 --extra --max_steps=100   # a quick look
+    python ablations.py --rows npedit dmd_only --seeds 0 --max_steps=100   # a quick look
 
 Every row starts from the same identity warm-up (trained once per seed, then copied), runs the
 small preset's generator steps with the same batch, and is scored on the same fixed eval set
@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from config import PRESETS
+
 ROWS = {
     "npedit": ("NP-Edit (no pairs)", []),
     "sft": ("SFT on true pairs", ["--method=sft"]),
@@ -33,16 +35,18 @@ ROWS = {
     "no_ident": ("no identity question", ["--identity_question=false"]),
     "full_vocab": ("full-vocab CE", ["--full_vocab=true"]),
     "grpo": ("Flow-GRPO (judge as reward)", ["--method=grpo"]),
+    # an SFT step costs ~1/4 of an NP-Edit step (265 vs ~1000 ms at batch 16, 2 CPU threads)
+    "sft_4x": ("SFT on true pairs, 4x steps (~same wall clock)", ["--method=sft", "--steps4x"]),
 }
 MULTI_SEED = ("npedit", "sft")
 
 
-def train(out_dir, args):
+def train(out_dir, args, config="small"):
     """Run train.py; -> wall seconds. Output goes to <out_dir>.log."""
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
     t = time.time()
     with open(out_dir + ".log", "w") as log:
-        r = subprocess.run([sys.executable, "train.py", "--config", "small",
+        r = subprocess.run([sys.executable, "train.py", "--config", config,
                             f"--out_dir={out_dir}", *args], stdout=log, stderr=subprocess.STDOUT)
     if r.returncode:
         raise SystemExit(f"error: {out_dir} failed (exit {r.returncode}); see {out_dir}.log")
@@ -90,13 +94,15 @@ def main(argv=None):
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--root", default="out/ablations")
-    p.add_argument("--extra", nargs="*", default=[], help="--key=value for every run")
-    a = p.parse_args(argv)
+    p.add_argument("--config", default="small", help="the preset every row starts from")
+    a, extra = p.parse_known_args(argv)  # any other --key=value goes to every run
+    a.extra = extra
     t0, results = time.time(), {}
     for seed in a.seeds:  # the shared warm-up, once per seed (max_steps=0: warm-up only)
         warm = f"{a.root}/warmup_s{seed}"
         if not os.path.exists(f"{warm}/warmup_metrics.json"):
-            train(warm, [f"--seed={seed}", "--max_steps=0", *a.extra])
+            wall = train(warm, [f"--seed={seed}", "--max_steps=0", *a.extra], a.config)
+            json.dump({"wall_s": wall}, open(f"{warm}/wall.json", "w"))
     for row in a.rows:
         for seed in (a.seeds if row in MULTI_SEED else a.seeds[:1]):
             out = f"{a.root}/{row}_s{seed}"
@@ -104,13 +110,22 @@ def main(argv=None):
                 shutil.rmtree(out, ignore_errors=True)
                 shutil.copytree(f"{a.root}/warmup_s{seed}/ckpt", f"{out}/ckpt")
                 shutil.copy(f"{a.root}/warmup_s{seed}/warmup_metrics.json", out)
-                wall = train(out, [f"--seed={seed}", *ROWS[row][1], *a.extra])
+                args = [f"--seed={seed}", *ROWS[row][1], *a.extra]
+                if "--steps4x" in args:
+                    steps = next((int(x.split("=")[1]) for x in args[::-1]
+                                  if x.startswith("--max_steps=")), PRESETS[a.config]["max_steps"])
+                    args = [x for x in args if x != "--steps4x"] + [f"--max_steps={4 * steps}"]
+                wall = train(out, args, a.config)
                 json.dump({"wall_s": wall}, open(f"{out}/wall.json", "w"))
             wall = json.load(open(f"{out}/wall.json"))["wall_s"]
             results.setdefault(row, []).append((json.load(open(f"{out}/metrics.json")), wall, seed))
             print(f"{row} seed {seed}: success {results[row][-1][0]['overall']['success']:.3f}"
                   f" ({wall / 60:.1f} min)")
     md = table(results)
+    warm = statistics.mean(json.load(open(f"{a.root}/warmup_s{s}/wall.json"))["wall_s"]
+                           for s in a.seeds) / 60
+    md += (f"\n\nEvery run starts from the same identity warm-up per seed (with its eval:"
+           f" {warm:.1f} min, not included in min/run).")
     cmd = "python ablations.py " + " ".join(argv if argv is not None else sys.argv[1:])
     open(f"{a.root}/results.md", "w").write(
         f"{md}\n\n`{cmd.strip()}`: {(time.time() - t0) / 60:.0f} min in all.\n")

@@ -17,6 +17,7 @@ space (real.py): DMD on latents, the VLM on decoded pixels, gradients through th
 import contextlib
 import copy
 import json
+import math
 import os
 import random
 import sys
@@ -133,8 +134,10 @@ def make_batches(cfg, rng, device):
     return next_batch
 
 
-def lr_factor(step, warmup=20):
-    return min(1.0, (step + 1) / warmup)
+def lr_factor(step, cfg, warmup=20):
+    """Linear warm-up over 20 steps, then constant or (cfg.cosine) cosine decay to 0."""
+    decay = 0.5 * (1 + math.cos(math.pi * step / cfg.max_steps)) if cfg.cosine else 1.0
+    return min(1.0, (step + 1) / warmup) * decay
 
 
 def editor_fn(generator, device, shift):
@@ -326,7 +329,7 @@ def main(argv):
             logs.update({f"|dL/dx| {k}": 0.0 if g is None else g.norm().item()
                          for k, g in zip(("vlm", "dmd"), gx)})
         for g in opt_g.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step)
+            g["lr"] = cfg.lr * lr_factor(step, cfg)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         ok, gnorm = clip_ok(trainable(generator))
