@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from config import PRESETS
+from config import parse_args
 
 ROWS = {
     "npedit": ("NP-Edit (no pairs)", []),
@@ -36,8 +36,9 @@ ROWS = {
     "full_vocab": ("full-vocab CE", ["--full_vocab=true"]),
     "grpo": ("Flow-GRPO (judge as reward)", ["--method=grpo"]),
     # an SFT step costs ~1/4 of an NP-Edit step (265 vs ~1000 ms at batch 16, 2 CPU threads)
-    "sft_4x": ("SFT on true pairs, 4x steps (~same wall clock)", ["--method=sft", "--steps4x"]),
+    "sft_4x": ("SFT on true pairs, 4x steps (~same wall clock)", ["--method=sft"]),
 }
+STEPS_TIMES = {"sft_4x": 4}  # rows that run a multiple of the shared max_steps
 MULTI_SEED = ("npedit", "sft")
 
 
@@ -111,10 +112,9 @@ def main(argv=None):
                 shutil.copytree(f"{a.root}/warmup_s{seed}/ckpt", f"{out}/ckpt")
                 shutil.copy(f"{a.root}/warmup_s{seed}/warmup_metrics.json", out)
                 args = [f"--seed={seed}", *ROWS[row][1], *a.extra]
-                if "--steps4x" in args:
-                    steps = next((int(x.split("=")[1]) for x in args[::-1]
-                                  if x.startswith("--max_steps=")), PRESETS[a.config]["max_steps"])
-                    args = [x for x in args if x != "--steps4x"] + [f"--max_steps={4 * steps}"]
+                if row in STEPS_TIMES:
+                    _, cfg = parse_args(["--config", a.config, *args])
+                    args.append(f"--max_steps={STEPS_TIMES[row] * cfg.max_steps}")
                 wall = train(out, args, a.config)
                 json.dump({"wall_s": wall}, open(f"{out}/wall.json", "w"))
             wall = json.load(open(f"{out}/wall.json"))["wall_s"]

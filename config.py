@@ -70,7 +70,7 @@ PRESETS = {
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,
                  n_aux=2, log_every=1, grid_every=2, ckpt_every=2, eval_n=10),
     # the shipped small-world prior and judge; measured (README, ablations.py): success 0.241 +-
-    # 0.041 over seeds 0-2 on the 500 eval edits, ~9 min on 2 CPU cores; not the bar
+    # 0.041 over seeds 0-2 on the 500 eval edits, 8.6-10.5 min on 2 CPU cores; not the bar
     "small": dict(warmup_steps=200, max_steps=400, n_aux=3, w_vlm=0.02, lr=5e-4, fake_lr=5e-4),
     # real presets: the reimplementation's hyperparameters (method.md); not run here (no GPU)
     "base": dict(_REAL, prior="Efficient-Large-Model/Sana_600M_512px_diffusers",

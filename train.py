@@ -225,11 +225,12 @@ def main(argv):
             for block in getattr(m, "transformer", m).transformer_blocks:
                 fully_shard(block)
             fully_shard(m)
-    trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731 (LoRA)
-    opt_w = torch.optim.AdamW(trainable(generator), lr=cfg.warmup_lr, weight_decay=0.0)
-    opt_g = torch.optim.AdamW(trainable(generator), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    gen_params = [p for p in generator.parameters() if p.requires_grad]  # LoRA: adapters only
+    fake_params = [p for p in fake_score.parameters() if p.requires_grad]
+    opt_w = torch.optim.AdamW(gen_params, lr=cfg.warmup_lr, weight_decay=0.0)
+    opt_g = torch.optim.AdamW(gen_params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                               weight_decay=0.0)
-    opt_f = torch.optim.AdamW(trainable(fake_score), lr=cfg.fake_lr,
+    opt_f = torch.optim.AdamW(fake_params, lr=cfg.fake_lr,
                               betas=(cfg.beta1, cfg.beta2), weight_decay=0.0)
     modules = {"generator": generator, "ema": ema, "fake_score": fake_score}
     opts = {"warmup": (opt_w, generator), "generator": (opt_g, generator),
@@ -281,7 +282,7 @@ def main(argv):
             loss = M.identity_loss(gen, ref, *generator.condition(b.instructions), shift=cfg.shift)
         opt_w.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable(generator), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(gen_params, cfg.grad_clip)
         opt_w.step()
         ema_update(0.9)
         step += 1
@@ -332,7 +333,7 @@ def main(argv):
             g["lr"] = cfg.lr * lr_factor(step, cfg)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
-        ok, gnorm = clip_ok(trainable(generator))
+        ok, gnorm = clip_ok(gen_params)
         if ok:
             opt_g.step()
             ema_update(cfg.ema)
@@ -345,7 +346,7 @@ def main(argv):
                     l_fake = dmd.fake_score_loss(fake, xd, *cap)
                 opt_f.zero_grad(set_to_none=True)
                 l_fake.backward()
-                torch.nn.utils.clip_grad_norm_(trainable(fake_score), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(fake_params, cfg.grad_clip)
                 opt_f.step()
             logs["fake"] = l_fake.item()
         step += 1
