@@ -6,8 +6,9 @@ also peak memory and MFU from counted FLOPs.
     python bench.py --config base --tiny=True --device cuda --compile   # GPU: bf16 + compile
     python bench.py --config base --device cuda --compile  # the real SANA + Qwen, if cached
 
-Parts: generator unroll forward + backward; real + fake score passes (dmd_loss, no grad inside);
-VLM forward + backward (through the VAE decoder on real presets); the n_aux fake-score updates.
+Parts: the frozen caption features of c_x and its null condition; generator unroll forward +
+backward; real + fake score passes (dmd_loss, no grad inside); VLM forward + backward (through
+the VAE decoder on real presets); the generator's AdamW step; the n_aux fake-score updates.
 Prints each part's ms and the full iteration over the sum of the parts (no wasted passes: close
 to 1). Any other --key=value is a config override (config.py).
 """
@@ -54,6 +55,10 @@ def main():
     with torch.no_grad(), autocast():
         x_fixed = M.unroll(gen, ref, text, mask, 2, shift=cfg.shift).float()
 
+    def captions():
+        S.captions(b.captions)
+        S.captions(b.captions, drop=torch.ones(len(b.captions), dtype=torch.bool))
+
     def unroll():
         opt_g.zero_grad()
         with autocast():
@@ -71,6 +76,9 @@ def main():
         with autocast():
             loss = V.vlm_loss(S.judge, b.ref, S.to_pixels(x), b.instructions)
         loss.backward()
+
+    def adamw_step():
+        opt_g.step()  # on the grads the unroll part left
 
     def fake_updates(x=x_fixed, c=cap):
         for _ in range(cfg.n_aux):
@@ -103,8 +111,10 @@ def main():
             torch.cuda.synchronize()
         return (time.perf_counter() - t) / a.iters * 1000
 
-    parts = {"generator unroll fwd+bwd (k=2)": unroll, "real+fake score passes": scores,
-             "VLM fwd+bwd": vlm, f"{cfg.n_aux} fake-score updates": fake_updates}
+    parts = {"caption features (c_x, null)": captions,
+             "generator unroll fwd+bwd (k=2)": unroll, "real+fake score passes": scores,
+             "VLM fwd+bwd": vlm, "generator AdamW step": adamw_step,
+             f"{cfg.n_aux} fake-score updates": fake_updates}
     ms = {k: timed(f) for k, f in parts.items()}
     if cuda:
         torch.cuda.reset_peak_memory_stats()

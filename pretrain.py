@@ -38,9 +38,12 @@ def heldout_prompt_scenes(n=256, seed=777):
     return out
 
 
-def prior_exact(transformer, text_encoder, tokenizer, scenes, cfg=3.0, steps=10, seed=0):
-    """Fraction of prior samples whose oracle parse equals their caption's scene."""
-    x = M.sample_prior(transformer, text_encoder, tokenizer, [tw.prompt(s) for s in scenes],
+def prior_exact(transformer, text_encoder, tokenizer, scenes, cfg=3.0, steps=10, seed=0,
+                shuffle=False):
+    """Fraction of prior samples whose oracle parse equals their caption's scene (shuffle: the
+    prompts' cell segments in a seeded random order)."""
+    rng = random.Random(seed) if shuffle else None
+    x = M.sample_prior(transformer, text_encoder, tokenizer, [tw.prompt(s, rng) for s in scenes],
                        steps=steps, cfg=cfg, seed=seed)
     parsed = [tw.parse(im) for im in tw.to_uint8(x)]
     return sum(p == s for p, s in zip(parsed, scenes)) / len(scenes), x, parsed
@@ -61,6 +64,10 @@ def pretrain_prior(a):
     state_path = os.path.join(a.state_dir, "prior_state.pt")
     tokenizer = tw.build_tokenizer()
     transformer, text_encoder = M.tiny_prior(len(tokenizer))
+    if a.init:  # fine-tune an existing prior (e.g. --shuffle on the shipped one)
+        t, e, _ = M.load_prior(a.init)
+        transformer.load_state_dict(t.state_dict())
+        text_encoder.load_state_dict(e.state_dict())
     ema_t, ema_e = M.tiny_prior(len(tokenizer))
     ema_t.load_state_dict(transformer.state_dict())
     ema_e.load_state_dict(text_encoder.state_dict())
@@ -90,7 +97,8 @@ def pretrain_prior(a):
                 scenes.append(s)
         x0 = tw.to_tensor([tw.render(s) for s in scenes])
         drop = torch.rand(a.batch) < a.cfg_dropout
-        text, mask = M.encode_text(text_encoder, tokenizer, [tw.prompt(s) for s in scenes], drop)
+        prompts = [tw.prompt(s, rng if rng.random() < a.shuffle else None) for s in scenes]
+        text, mask = M.encode_text(text_encoder, tokenizer, prompts, drop)
         loss = M.flow_matching_loss(transformer, x0, text, mask)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
@@ -109,8 +117,13 @@ def pretrain_prior(a):
             ema_t.eval()
             ema_e.eval()
             acc, x, _ = prior_exact(ema_t, ema_e, tokenizer, held, cfg=a.cfg)
+            shuf = ""
+            if a.shuffle:
+                acc_s = prior_exact(ema_t, ema_e, tokenizer, held, cfg=a.cfg, shuffle=True)[0]
+                shuf = f", shuffled cell order {acc_s:.3f}"
             tqdm.write(f"step {step} | {(time.time() - t0) / 60:.1f} min | loss {loss.item():.4f}"
-                       f" | exact scenes on {len(held)} held-out prompts (CFG {a.cfg}): {acc:.3f}")
+                       f" | exact scenes on {len(held)} held-out prompts (CFG {a.cfg}): {acc:.3f}"
+                       + shuf)
             M.atomic_save_dir(out, lambda d: M.save_prior(d, ema_t, ema_e, tokenizer))
             os.makedirs(a.state_dir, exist_ok=True)
             torch.save({"t": transformer.state_dict(), "e": text_encoder.state_dict(),
@@ -281,6 +294,9 @@ if __name__ == "__main__":
     p.add_argument("--mix", type=float, nargs=5, default=(0.1, 0.1, 0.2, 0.25, 0.35),
                    help="judge: task weights caption change vqa single pair")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", default="", help="prior: start from this prior folder (fine-tune)")
+    p.add_argument("--shuffle", type=float, default=0.0,
+                   help="prior: share of prompts whose cell segments come in a random order")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     {"prior": pretrain_prior, "judge": pretrain_judge}[a.what](a)

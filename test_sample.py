@@ -120,3 +120,12 @@ def test_long_instruction_is_truncated_with_a_warning(ckpt, tmp_path, capsys):
                          "--instr", " ".join(["make the red circle blue"] * 20), "--ckpt", ckpt,
                          "--out", str(tmp_path / "o.png"))
     assert code == 0 and "truncated" in err
+
+
+def test_diagnose_prints_every_edit_type(ckpt, capsys):
+    import diagnose
+    diagnose.main(ckpt, n=4)
+    out = capsys.readouterr().out
+    for typ in tw.EDIT_TYPES:
+        assert f"\n{typ:10s} dmd cos/norm" in "\n" + out, out
+    assert "nan" not in out and out.count("cell |x - y|: touched") == 5, out

@@ -80,3 +80,13 @@ def test_tokenizer_covers_every_instruction_and_prompt():
         e = tw.random_edit(rng, "all")
         for text in (e.instruction, tw.prompt(e.target), e.edited_caption):
             assert tok.unk_token_id not in tok(text).input_ids, text
+
+
+def test_shuffled_prompt_keeps_every_segment_and_only_moves_cells():
+    s = tw.Scene("gray", (("red", "circle"), None, ("blue", "square"), None))
+    canon = tw.prompt(s)
+    orders = {tw.prompt(s, random.Random(k)) for k in range(20)}
+    assert len(orders) > 1  # the order does change
+    for p in orders:
+        segs = p.split(" . ")
+        assert sorted(segs[:4]) == sorted(canon.split(" . ")[:4]) and segs[4] == "background gray"

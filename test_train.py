@@ -145,6 +145,15 @@ def test_overrides_are_type_checked():
     assert name == "tiny" and cfg.lr == 0.5 and cfg.full_vocab is True
 
 
+def test_cfg_by_type_sets_the_real_score_scale_per_sample():
+    _, cfg = train.parse_args(["--config", "tiny", "--cfg=3", "--cfg_by_type=add=8,color=5"])
+    assert train.cfg_scales(cfg, ["add", "shape", "color"]) == [8.0, 3.0, 5.0]
+    with pytest.raises(SystemExit, match="TYPE=SCALE"):
+        train.parse_args(["--config", "tiny", "--cfg_by_type=add8"])
+    with pytest.raises(SystemExit, match="unknown edit type 'adds'"):
+        train.parse_args(["--config", "tiny", "--cfg_by_type=adds=8"])
+
+
 def _torchrun(*args):
     return subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "train.py", "--config",
                            "tiny", "--threads=1", "--eval_n=0", *args], cwd=HERE,

@@ -127,11 +127,15 @@ def caption(scene):
     return (" and ".join(objs) if objs else "nothing") + f" on a {scene.bg} background"
 
 
-def prompt(scene):
+def prompt(scene, rng=None):
     """The prior's text condition: the same content with a fixed cell order and the same number of
     words per cell, so token position names the cell ('top left red circle . top right empty
-    cell . ...'). ../shared/spikes.md: this, with a bidirectional encoder, fixed object binding."""
+    cell . ...'). ../shared/spikes.md: this, with a bidirectional encoder, fixed object binding.
+    With rng, the four cell segments come in a random order, so only the words name the cell
+    (pretrain.py --shuffle: a prior that reads "top right" as a place, as an editor must)."""
     parts = [f"{CELLS[i]} {_name(c) if c else 'empty cell'}" for i, c in enumerate(scene.cells)]
+    if rng is not None:
+        rng.shuffle(parts)
     return " . ".join(parts) + f" . background {scene.bg}"
 
 

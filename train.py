@@ -33,7 +33,7 @@ import model as M
 import toyworld as tw
 import vlm_reward as V
 from checkpoint import load_checkpoint, load_editor, save_checkpoint  # noqa: F401 (re-export)
-from config import PRESETS, Config, parse_args  # noqa: F401 (re-export)
+from config import PRESETS, Config, cfg_scales, parse_args  # noqa: F401 (re-export)
 
 
 def load_models(cfg, device):
@@ -181,9 +181,10 @@ def generator_losses(cfg, gen, S, b, step):
                            slots=(0, 1) if cfg.identity_question else (0,))
     l_dmd = x.sum() * 0
     if cfg.w_dmd:
+        scales = cfg_scales(cfg, b.types)  # the real score's CFG, per sample
         l_dmd = dmd.dmd_loss(
-            x, lambda xt, t: dmd.real_velocity(S.real_score, xt, t, *cap, *null, cfg.cfg),
-            lambda xt, t: M.velocity(S.fake_score, xt, t, *cap))
+            x, lambda xt, t: dmd.real_velocity(S.real_score, xt, t, *cap, *null, scales),
+            lambda xt, t: M.velocity(S.fake_score, xt, t, *cap), t_min=cfg.dmd_t_min)
     l_nothing = F.mse_loss(x[nothing], ref[nothing]) if nothing.any() else x.sum() * 0
     return x, cap, l_vlm, l_dmd, l_nothing
 

@@ -1,0 +1,103 @@
+"""Why a small-world run falls short of the bar: measurements behind the README's analysis.
+
+    python diagnose.py out/small          # a run's out_dir (needs its ckpt, with the fake score)
+
+Prints, per edit type, on 48 training-split edits each (seeded):
+  dmd    cosine between the DMD descent direction x0_real - x0_fake (dmd.py, the run's own fake
+         score, real-score CFG 3 and 8) and target - x at the editor's outputs x, and its norm,
+         at t = 0.3, 0.5, 0.7, 0.9: is the signal there, and does it point at the edit?
+  cell   mean |x - reference| inside the cell the edit touches vs inside untouched cells (what
+         the oracle target needs in that cell, for scale): does the editor act where asked?
+  real   why outputs fail realism: the share whose parse has an unrecognised cell, and the mean
+         error to the rendering of their own parse on object vs background pixels.
+"""
+import copy
+import random
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import dmd
+import model as M
+import toyworld as tw
+from checkpoint import load_editor
+
+
+def edits_of(typ, n, seed=1):
+    rng = random.Random(seed)
+    return [tw.random_edit(rng, "train", typ) for _ in range(n)]
+
+
+def mean(values):
+    return f"{np.mean(values):.3f}" if len(values) else "-"
+
+
+def cell_slice(k):
+    x, y = tw.CELL_XY[k]
+    return (slice(None), slice(y, y + tw.CELL), slice(x, x + tw.CELL))
+
+
+@torch.no_grad()
+def main(run, n=48):
+    torch.manual_seed(0)
+    gen, cfg = load_editor(run)
+    prior, text_encoder, tok = M.small_prior(cfg.prior)
+    fake = copy.deepcopy(prior)
+    w = load_file(f"{run}/ckpt/model.safetensors")
+    fake.load_state_dict({k[len("fake_score."):]: v for k, v in w.items()
+                          if k.startswith("fake_score.")})
+    for typ in tw.EDIT_TYPES:
+        edits = edits_of(typ, n)
+        ref = tw.to_tensor([tw.render(e.reference) for e in edits])
+        tgt = tw.to_tensor([tw.render(e.target) for e in edits])
+        x = M.sample_edit(gen, ref, [e.instruction for e in edits], shift=cfg.shift)
+        prompts = [tw.prompt(e.target) for e in edits]
+        cap = M.encode_text(text_encoder, tok, prompts)
+        null = M.encode_text(text_encoder, tok, prompts, drop=torch.ones(n, dtype=torch.bool))
+        line = []
+        for scale in (3.0, 8.0):
+            cells = []
+            for t in (0.3, 0.5, 0.7, 0.9):
+                tt = torch.full((n,), t)
+                xt = M.add_noise(x, torch.randn_like(x), tt)
+                x0_real = M.x0_from_v(xt, dmd.real_velocity(prior, xt, tt, *cap, *null, scale), tt)
+                x0_fake = M.x0_from_v(xt, M.velocity(fake, xt, tt, *cap), tt)
+                d = (x0_real - x0_fake).flatten(1)
+                cos = F.cosine_similarity(d, (tgt - x).flatten(1)).mean()
+                cells.append(f"{cos:+.2f}/{d.norm(dim=1).mean():.0f}")
+            line.append(f"cfg {scale:g}: " + " ".join(cells))
+        touched, other, need = [], [], []
+        for i, e in enumerate(edits):
+            for k in range(4):
+                diff = (x[i][cell_slice(k)] - ref[i][cell_slice(k)]).abs().mean().item()
+                if k in e.touched or "bg" in e.touched:  # a background edit touches all
+                    touched.append(diff)
+                    need.append((tgt[i][cell_slice(k)] - ref[i][cell_slice(k)]).abs().mean().item())
+                else:
+                    other.append(diff)
+        ims = tw.to_uint8(x)
+        unrec, obj_err, bg_err = 0, [], []
+        for im in ims:
+            p = tw.parse(im)
+            if tw.UNRECOGNISED in p.cells:
+                unrec += 1
+                continue
+            r = np.asarray(tw.render(p), np.float32)
+            bg = np.all(r == np.asarray(tw.render(tw.Scene(p.bg, (None,) * 4)), np.float32), -1)
+            err = np.abs(np.asarray(im, np.float32) - r).mean(-1) / 255
+            bg_err.append(err[bg].mean())
+            if (~bg).any():
+                obj_err.append(err[~bg].mean())
+        print(f"{typ:10s} dmd cos/norm at t=.3 .5 .7 .9 | {' | '.join(line)}")
+        print(f"{'':10s} cell |x - y|: touched {mean(touched)} (target needs {mean(need)}), "
+              f"untouched {mean(other)} | real: unrecognised {unrec}/{n}, error object px "
+              f"{mean(obj_err)}, background px {mean(bg_err)}", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__.split("\n\n")[1])
+    main(sys.argv[1])
