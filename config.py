@@ -10,6 +10,7 @@ Presets:
 Real presets take `--tiny=True` to swap every model for a tiny random one of the same class.
 """
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 METHODS = ("npedit", "sft", "grpo")  # sft and grpo are the ablation issue's baselines
 
@@ -117,13 +118,12 @@ def parse_args(argv):
     if cfg.method not in METHODS:
         raise SystemExit(f"error: --method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     try:
-        cfg_scales(cfg, [])
+        per = cfg_by_type(cfg.cfg_by_type)
     except ValueError as e:
         raise SystemExit(f"error: --cfg_by_type: {e}")
     if cfg.kind == "small":  # real data names its own types; the small world has five
         from toyworld import EDIT_TYPES
-        bad = [k.partition("=")[0] for k in filter(None, cfg.cfg_by_type.split(","))
-               if k.partition("=")[0].strip() not in EDIT_TYPES]
+        bad = [k for k in per if k not in EDIT_TYPES]
         if bad:
             raise SystemExit(f"error: --cfg_by_type: unknown edit type {bad[0]!r}; known: "
                              f"{', '.join(EDIT_TYPES)}")
@@ -135,16 +135,22 @@ def parse_args(argv):
     return name, cfg
 
 
-def cfg_scales(cfg, types):
-    """The real score's CFG scale for each edit type in types: cfg.cfg, or the cfg_by_type entry
-    ("add=8,color=5"; the issue allows a scale per edit type)."""
+@lru_cache(maxsize=None)
+def cfg_by_type(spec):
+    """"add=8,color=5" -> {"add": 8.0, "color": 5.0} (parsed once, not every training step)."""
     per = {}
-    for item in filter(None, cfg.cfg_by_type.split(",")):
-        k, sep, v = item.partition("=")
+    for item in filter(None, spec.split(",")):
+        k, _, v = item.partition("=")
         try:
             per[k.strip()] = float(v)
         except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"expected TYPE=SCALE items separated by commas, got {item!r}")
+            raise ValueError(f"expected TYPE=SCALE items separated by commas, got {item!r}") \
+                from None
+    return per
+
+
+def cfg_scales(cfg, types):
+    """The real score's CFG scale for each edit type in types: its cfg_by_type entry, else cfg.cfg
+    (the issue allows a scale per edit type)."""
+    per = cfg_by_type(cfg.cfg_by_type)
     return [per.get(t, cfg.cfg) for t in types]

@@ -40,6 +40,39 @@ def cell_slice(k):
     return (slice(None), slice(y, y + tw.CELL), slice(x, x + tw.CELL))
 
 
+def cell_response(x, ref, tgt, edits):
+    """Per cell, mean |x - ref|: -> (touched cells, what the target needs there, untouched cells)
+    as lists; a background edit touches every cell."""
+    touched, need, other = [], [], []
+    for i, e in enumerate(edits):
+        for k in range(4):
+            diff = (x[i][cell_slice(k)] - ref[i][cell_slice(k)]).abs().mean().item()
+            if k in e.touched or "bg" in e.touched:
+                touched.append(diff)
+                need.append((tgt[i][cell_slice(k)] - ref[i][cell_slice(k)]).abs().mean().item())
+            else:
+                other.append(diff)
+    return touched, need, other
+
+
+def realism_breakdown(images):
+    """uint8 images -> (how many parse with an unrecognised cell, per other image the mean error
+    to the rendering of its own parse on object pixels, and on background pixels)."""
+    unrec, obj_err, bg_err = 0, [], []
+    for im in images:
+        p = tw.parse(im)
+        if tw.UNRECOGNISED in p.cells:
+            unrec += 1
+            continue
+        r = np.asarray(tw.render(p), np.float32)
+        bg = np.all(r == np.asarray(tw.render(tw.Scene(p.bg, (None,) * 4)), np.float32), -1)
+        err = np.abs(np.asarray(im, np.float32) - r).mean(-1) / 255
+        bg_err.append(err[bg].mean())
+        if (~bg).any():
+            obj_err.append(err[~bg].mean())
+    return unrec, obj_err, bg_err
+
+
 @torch.no_grad()
 def main(run, n=48):
     torch.manual_seed(0)
@@ -69,28 +102,8 @@ def main(run, n=48):
                 cos = F.cosine_similarity(d, (tgt - x).flatten(1)).mean()
                 cells.append(f"{cos:+.2f}/{d.norm(dim=1).mean():.0f}")
             line.append(f"cfg {scale:g}: " + " ".join(cells))
-        touched, other, need = [], [], []
-        for i, e in enumerate(edits):
-            for k in range(4):
-                diff = (x[i][cell_slice(k)] - ref[i][cell_slice(k)]).abs().mean().item()
-                if k in e.touched or "bg" in e.touched:  # a background edit touches all
-                    touched.append(diff)
-                    need.append((tgt[i][cell_slice(k)] - ref[i][cell_slice(k)]).abs().mean().item())
-                else:
-                    other.append(diff)
-        ims = tw.to_uint8(x)
-        unrec, obj_err, bg_err = 0, [], []
-        for im in ims:
-            p = tw.parse(im)
-            if tw.UNRECOGNISED in p.cells:
-                unrec += 1
-                continue
-            r = np.asarray(tw.render(p), np.float32)
-            bg = np.all(r == np.asarray(tw.render(tw.Scene(p.bg, (None,) * 4)), np.float32), -1)
-            err = np.abs(np.asarray(im, np.float32) - r).mean(-1) / 255
-            bg_err.append(err[bg].mean())
-            if (~bg).any():
-                obj_err.append(err[~bg].mean())
+        touched, need, other = cell_response(x, ref, tgt, edits)
+        unrec, obj_err, bg_err = realism_breakdown(tw.to_uint8(x))
         print(f"{typ:10s} dmd cos/norm at t=.3 .5 .7 .9 | {' | '.join(line)}")
         print(f"{'':10s} cell |x - y|: touched {mean(touched)} (target needs {mean(need)}), "
               f"untouched {mean(other)} | real: unrecognised {unrec}/{n}, error object px "

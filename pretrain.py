@@ -97,7 +97,9 @@ def pretrain_prior(a):
                 scenes.append(s)
         x0 = tw.to_tensor([tw.render(s) for s in scenes])
         drop = torch.rand(a.batch) < a.cfg_dropout
-        prompts = [tw.prompt(s, rng if rng.random() < a.shuffle else None) for s in scenes]
+        # no extra rng draw without --shuffle, so the shipped run's scene stream is unchanged
+        prompts = [tw.prompt(s, rng if a.shuffle and rng.random() < a.shuffle else None)
+                   for s in scenes]
         text, mask = M.encode_text(text_encoder, tokenizer, prompts, drop)
         loss = M.flow_matching_loss(transformer, x0, text, mask)
         for g in opt.param_groups:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -129,3 +130,18 @@ def test_diagnose_prints_every_edit_type(ckpt, capsys):
     for typ in tw.EDIT_TYPES:
         assert f"\n{typ:10s} dmd cos/norm" in "\n" + out, out
     assert "nan" not in out and out.count("cell |x - y|: touched") == 5, out
+
+
+def test_diagnose_measures_known_editors():
+    import diagnose
+    edits = diagnose.edits_of("add", 8)
+    ref = tw.to_tensor([tw.render(e.reference) for e in edits])
+    tgt = tw.to_tensor([tw.render(e.target) for e in edits])
+    touched, need, other = diagnose.cell_response(tgt, ref, tgt, edits)  # a perfect editor
+    assert touched == need and min(need) > 0.1 and max(other) == 0.0
+    touched, need, other = diagnose.cell_response(ref, ref, tgt, edits)  # one that only copies
+    assert max(touched) == 0.0 and max(other) == 0.0
+    unrec, obj_err, bg_err = diagnose.realism_breakdown(tw.to_uint8(tgt))  # rendered scenes
+    assert unrec == 0 and len(obj_err) == 8 and max(obj_err + bg_err) == 0.0
+    noisy = tw.to_uint8((tgt + 0.2 * torch.randn_like(tgt)).clamp(-1, 1))
+    assert min(diagnose.realism_breakdown(noisy)[2]) > 0.01
