@@ -75,7 +75,7 @@ def pretrain_prior(a):
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     step = 0
     if a.resume and os.path.exists(state_path):
-        st = torch.load(state_path, map_location="cpu")
+        st = torch.load(state_path, map_location="cpu", weights_only=False)  # our own state file (holds a random.Random)
         for m, k in ((transformer, "t"), (text_encoder, "e"), (ema_t, "ema_t"), (ema_e, "ema_e")):
             m.load_state_dict(st[k])
         opt.load_state_dict(st["opt"])
@@ -85,7 +85,7 @@ def pretrain_prior(a):
     n_t = sum(p.numel() for p in transformer.parameters())
     n_e = sum(p.numel() for p in text_encoder.parameters())
     print(f"prior: transformer {n_t / 1e6:.2f}M, text encoder {n_e / 1e6:.2f}M params")
-    held = heldout_prompt_scenes()
+    held = heldout_prompt_scenes()[:a.eval_n]
     held_set = set(held)
     t0 = time.time()
     pbar = tqdm(total=a.steps, initial=step, desc="prior", dynamic_ncols=True)
@@ -288,7 +288,8 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="asset dir (default assets/small/<what>)")
     p.add_argument("--state_dir", default="out/pretrain")
-    p.add_argument("--eval_n", type=int, default=1000, help="judge: eval questions per side")
+    p.add_argument("--eval_n", type=int, default=1000,
+                   help="judge: eval questions per side; prior: at most this many held-out prompts")
     p.add_argument("--kinds", nargs="+", default=list(J.SINGLE_Q), choices=list(J.SINGLE_Q),
                    help="judge: single-image question types to train on (a curriculum phase)")
     p.add_argument("--curriculum", type=float, default=0.0,

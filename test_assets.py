@@ -31,3 +31,18 @@ def test_shipped_judge_answers_200_fixed_questions():
     acc = J.judge_accuracy(judge, qs)
     overall = (acc["single"] + acc["pair"]) / 2  # 100 questions each side
     assert overall >= 0.9 and acc["single"] >= 0.85 and acc["pair"] >= 0.85, acc
+
+
+def test_pretrain_prior_resumes(tmp_path):
+    """A killed prior run continues from its state file (which holds a random.Random)."""
+    import subprocess
+    import sys
+    run = [sys.executable, "pretrain.py", "prior", "--batch", "4", "--eval_every", "1",
+           "--eval_n", "2", "--shuffle", "0.5", "--threads", "1",
+           "--out", str(tmp_path / "prior"), "--state_dir", str(tmp_path / "state")]
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run(run + ["--steps", "2"], capture_output=True, text=True, cwd=here)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run(run + ["--steps", "3", "--resume"], capture_output=True, text=True, cwd=here)
+    assert r.returncode == 0 and "resumed at step 2" in r.stdout, r.stderr[-2000:]
+    assert "step 3 |" in r.stdout + r.stderr and os.path.isdir(tmp_path / "prior" / "transformer")
