@@ -23,6 +23,20 @@ def test_shipped_prior_draws_its_captions():
     assert acc >= 0.75, acc
 
 
+def test_word_prior_places_objects_by_words():
+    """prior_words was trained with half its prompts' cell segments shuffled, so it reads "top
+    right" as a place; the first prior reads the slot a segment holds (README, Pretraining)."""
+    scenes = P.heldout_prompt_scenes()[:32]
+    acc = {}
+    for name in ("prior", "prior_words"):
+        torch.manual_seed(0)
+        transformer, text_encoder, tok = M.load_prior(f"{ASSETS}/{name}")
+        acc[name] = [P.prior_exact(transformer.eval(), text_encoder.eval(), tok, scenes,
+                                   shuffle=s)[0] for s in (False, True)]
+    assert acc["prior_words"][0] >= 0.9 and acc["prior_words"][1] >= 0.6, acc  # 1.0, 0.75
+    assert acc["prior"][1] <= 0.3, acc  # 0.09: canonical order only
+
+
 def test_shipped_judge_answers_200_fixed_questions():
     judge = V.load_judge(f"{ASSETS}/judge")
     rng = random.Random(99)
