@@ -4,7 +4,7 @@
     python ablations.py --rows npedit dmd_only --seeds 0 --max_steps=100   # a quick look
 
 Every row starts from the same identity warm-up (trained once per seed, then copied), runs the
-same budget (BUDGET: batch 16, 400 steps, unless overridden), and is scored on the same fixed
+same budget (BUDGET: batch 16, 400 steps, the first prior, unless overridden), and is scored on the same fixed
 eval set (toyworld.eval_edits). Each row is a flag of train.py, not a copy of it:
   npedit     NP-Edit, no pairs (the small preset's losses and weights)
   sft        supervised flow matching on true (reference, instruction) -> target pairs
@@ -39,9 +39,11 @@ ROWS = {
     "sft_4x": ("SFT on true pairs, 4x steps (~same wall clock)", ["--method=sft"]),
 }
 STEPS_TIMES = {"sft_4x": 4}  # rows that run a multiple of the shared max_steps
-# the budget the README's table was measured at (the session-2 small preset: batch 16, 400
-# constant-lr steps, ~70 min for every row); any --key=value given to ablations.py overrides it
-BUDGET = {"small": ["--batch_size=16", "--max_steps=400", "--cosine=false"]}
+# the budget and prior the README's table was measured at (the session-2 small preset: batch 16,
+# 400 constant-lr steps, the first prior; ~70 min for every row); any --key=value given to
+# ablations.py overrides it
+BUDGET = {"small": ["--batch_size=16", "--max_steps=400", "--cosine=false",
+                    "--prior=assets/small/prior"]}
 MULTI_SEED = ("npedit", "sft")
 
 

@@ -190,7 +190,8 @@ FIELDS = ("image", "instruction", "edited_caption", "type")
 
 def read_jsonl(path):
     """Real-preset data: one JSON object per line, {"image": path, "instruction": str,
-    "edited_caption": str, "type": str}; an image path is relative to the JSONL's folder.
+    "edited_caption": str, "type": str}, optionally "caption" (of the input image: the identity
+    warm-up's prompt, else the instruction); an image path is relative to the JSONL's folder.
     -> a list of dicts with the image path resolved. Blank lines are skipped; anything else
     wrong raises ValueError naming file:line and the problem."""
     if not os.path.isfile(path):

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 import dmd
 import model as M
+import toyworld as tw
 import train
 import vlm_reward as V
 
@@ -141,8 +142,20 @@ def test_overrides_are_type_checked():
         train.parse_args(["--config", "tiny", "--max_steps=abc"])
     with pytest.raises(SystemExit, match="unknown config 'huge'"):
         train.parse_args(["--config", "huge"])
+    with pytest.raises(SystemExit, match="--warmup_prompt must be caption or instruction"):
+        train.parse_args(["--config", "tiny", "--warmup_prompt=target"])
     name, cfg = train.parse_args(["--config=tiny", "--lr=0.5", "--full_vocab=true"])
     assert name == "tiny" and cfg.lr == 0.5 and cfg.full_vocab is True
+
+
+def test_warmup_prompt_is_the_caption_of_the_reference():
+    """method.md: the identity warm-up's prompt is the caption of y, not the edit instruction."""
+    import random
+    _, cfg = train.parse_args(["--config", "tiny"])
+    b = train.make_batches(cfg, random.Random(0), "cpu")(6)
+    assert b.ref_captions == [tw.prompt(tw.parse(im)) for im in tw.to_uint8(b.ref)]
+    assert b.captions == [tw.prompt(tw.parse(im)) for im in tw.to_uint8(b.target)]
+    assert b.ref_captions != b.instructions
 
 
 def test_cfg_by_type_sets_the_real_score_scale_per_sample():

@@ -99,9 +99,10 @@ def add_lora(transformer, rank):
 
 def make_batches(cfg, rng, device):
     """-> next_batch(n): namespace of instructions, types, captions (c_x, the edited caption),
-    ref (B, 3, R, R) pixels in [-1, 1], and target (rendered true target; small world only, read
-    by the SFT baseline alone). Real presets read cfg.data (JSONL, real.read_jsonl); without it
-    they use small-world scenes upscaled to the preset's resolution (a smoke test)."""
+    ref_captions (the caption of y, the warm-up's prompt), ref (B, 3, R, R) pixels in [-1, 1],
+    and target (rendered true target; small world only, read by the SFT baseline alone). Real
+    presets read cfg.data (JSONL, real.read_jsonl); without it they use small-world scenes
+    upscaled to the preset's resolution (a smoke test)."""
     records = None
     if cfg.kind == "real" and cfg.data:
         import real
@@ -119,7 +120,10 @@ def make_batches(cfg, rng, device):
                 raise SystemExit(f"error: {e}")
             return SimpleNamespace(instructions=[r["instruction"] for r in recs],
                                    types=[r["type"] for r in recs], target=None,
-                                   captions=[r["edited_caption"] for r in recs], ref=ref.to(device))
+                                   captions=[r["edited_caption"] for r in recs],
+                                   ref_captions=[r.get("caption") or r["instruction"]
+                                                 for r in recs],
+                                   ref=ref.to(device))
         edits = [tw.random_edit(rng, "train") for _ in range(n)]
         for b in range(n):
             if rng.random() < cfg.p_nothing:
@@ -129,6 +133,7 @@ def make_batches(cfg, rng, device):
         return SimpleNamespace(
             instructions=[e.instruction for e in edits], types=[e.type for e in edits],
             captions=[caption(e.target) for e in edits],
+            ref_captions=[caption(e.reference) for e in edits],
             ref=up(tw.to_tensor([tw.render(e.reference) for e in edits])).to(device),
             target=up(tw.to_tensor([tw.render(e.target) for e in edits])).to(device))
     return next_batch
@@ -276,11 +281,12 @@ def main(argv):
     t0 = time.time()
     while stage == "warmup" and step < cfg.warmup_steps:
         b = next_batch(cfg.batch_size)
-        # the instruction as the prompt (the paper uses the caption of y): the tiny text encoder
-        # then meets instructions from the first step, and the editor learns to copy under them
+        # method.md: prompt = the caption of y; the small preset copies under the instruction
+        # (--warmup_prompt=instruction; README, Deviations)
         with autocast():
             ref = S.to_latent(b.ref)
-            loss = M.identity_loss(gen, ref, *generator.condition(b.instructions), shift=cfg.shift)
+            texts = b.ref_captions if cfg.warmup_prompt == "caption" else b.instructions
+            loss = M.identity_loss(gen, ref, *generator.condition(texts), shift=cfg.shift)
         opt_w.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(gen_params, cfg.grad_clip)
