@@ -39,11 +39,11 @@ ROWS = {
     "sft_4x": ("SFT on true pairs, 4x steps (~same wall clock)", ["--method=sft"]),
 }
 STEPS_TIMES = {"sft_4x": 4}  # rows that run a multiple of the shared max_steps
-# the budget and prior the README's table was measured at (the session-2 small preset: batch 16,
-# 400 constant-lr steps, the first prior; ~70 min for every row); any --key=value given to
-# ablations.py overrides it
+# the budget the README's table was measured at (the session-2 small preset: batch 16, 400
+# constant-lr steps, the first prior, instruction warm-up; ~70 min for every row); any
+# --key=value given to ablations.py overrides it
 BUDGET = {"small": ["--batch_size=16", "--max_steps=400", "--cosine=false",
-                    "--prior=assets/small/prior"]}
+                    "--prior=assets/small/prior", "--warmup_prompt=instruction"]}
 MULTI_SEED = ("npedit", "sft")
 
 

@@ -281,8 +281,7 @@ def main(argv):
     t0 = time.time()
     while stage == "warmup" and step < cfg.warmup_steps:
         b = next_batch(cfg.batch_size)
-        # method.md: prompt = the caption of y; the small preset copies under the instruction
-        # (--warmup_prompt=instruction; README, Deviations)
+        # method.md: prompt = the caption of y (--warmup_prompt=instruction: sessions 1-3)
         with autocast():
             ref = S.to_latent(b.ref)
             texts = b.ref_captions if cfg.warmup_prompt == "caption" else b.instructions
