@@ -4,8 +4,8 @@
     python ablations.py --rows npedit dmd_only --seeds 0 --max_steps=100   # a quick look
 
 Every row starts from the same identity warm-up (trained once per seed, then copied), runs the
-same budget (BUDGET: batch 16, 400 steps, the first prior, unless overridden), and is scored on the same fixed
-eval set (toyworld.eval_edits). Each row is a flag of train.py, not a copy of it:
+same budget (BUDGET: batch 16, 400 steps, the first prior, unless overridden), and is scored on
+the same fixed eval set (toyworld.eval_edits). Each row is a flag of train.py, not a copy of it:
   npedit     NP-Edit, no pairs (the small preset's losses and weights)
   sft        supervised flow matching on true (reference, instruction) -> target pairs
   dmd_only   no VLM loss (w_vlm = 0)

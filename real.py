@@ -186,6 +186,7 @@ def load_vlm(path, tiny=False, image_size=448, dtype=torch.float32, key="vlm"):
 # ----------------------------------------------------------------------------- data
 
 FIELDS = ("image", "instruction", "edited_caption", "type")
+OPTIONAL = ("caption",)  # checked like FIELDS when present
 
 
 def read_jsonl(path):
@@ -207,7 +208,7 @@ def read_jsonl(path):
                 raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            for k in FIELDS:
+            for k in FIELDS + tuple(k for k in OPTIONAL if k in row):
                 v = row.get(k)
                 problem = ("missing" if k not in row else f"not a string ({type(v).__name__})"
                            if not isinstance(v, str) else "empty" if not v.strip() else None)

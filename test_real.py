@@ -159,6 +159,8 @@ def test_read_jsonl(tmp_path):
         row % "a.png", "", "   ", row % (tmp_path / "sub" / "b.jpg")]))
     assert [r["image"] for r in rows] == [str(tmp_path / "a.png"), str(tmp_path / "sub" / "b.jpg")]
     assert rows[0]["instruction"] == "add a hat" and rows[1]["type"] == "add"
+    ok = row.replace('"add"}', '"add", "caption": "a cat"}') % "a.png"
+    assert real.read_jsonl(_write(tmp_path / "cap.jsonl", [ok]))[0]["caption"] == "a cat"
 
     bad = {"bad_json": ('{"image": "a.png", ', "invalid JSON"),
            "missing": ('{"image": "a.png", "instruction": "x", "type": "add"}',
@@ -166,6 +168,8 @@ def test_read_jsonl(tmp_path):
            "empty": (row.replace("add a hat", "") % "a.png", "'instruction' is empty"),
            "not_str": (row.replace('"add"}', '3}') % "a.png", "'type' is not a string"),
            "no_image": (row % "nope.png", "not found"),
+           "bad_caption": (row.replace('"add"}', '"add", "caption": 7}') % "a.png",
+                           "'caption' is not a string"),
            "not_object": ("[1, 2]", "expected a JSON object")}
     for name, (line, problem) in bad.items():
         path = _write(tmp_path / f"{name}.jsonl", [row % "a.png", "", line])

@@ -158,6 +158,20 @@ def test_warmup_prompt_is_the_caption_of_the_reference():
     assert b.ref_captions != b.instructions
 
 
+@pytest.mark.parametrize("prompt,is_caption", [("caption", True), ("instruction", False)])
+def test_warmup_reads_the_chosen_prompt(prompt, is_caption, tmp_path, monkeypatch):
+    """The warm-up loop conditions the editor on what --warmup_prompt names (captions end in
+    ". background <bg>"; instructions never do)."""
+    seen = []
+    condition = M.Generator.condition
+    monkeypatch.setattr(M.Generator, "condition",
+                        lambda self, texts: seen.append(list(texts)) or condition(self, texts))
+    train.main(["--config", "tiny", "--max_steps=0", "--eval_n=0", f"--warmup_prompt={prompt}",
+                f"--out_dir={tmp_path}"])
+    first = seen[0]  # the first warm-up step's batch
+    assert all((" . background " in t) == is_caption for t in first), first
+
+
 def test_cfg_by_type_sets_the_real_score_scale_per_sample():
     _, cfg = train.parse_args(["--config", "tiny", "--cfg=3", "--cfg_by_type=add=8,color=5"])
     assert train.cfg_scales(cfg, ["add", "shape", "color"]) == [8.0, 3.0, 5.0]
