@@ -10,6 +10,8 @@ Prints, per edit type, on 48 training-split edits each (seeded):
          the oracle target needs in that cell, for scale): does the editor act where asked?
   real   why outputs fail realism: the share whose parse has an unrecognised cell, and the mean
          error to the rendering of their own parse on object vs background pixels.
+and, on the 500 eval edits, each type's success split by what the editor never trained on: a
+held-out colour x shape combination in the scene (toyworld.HELDOUT_COMBOS), a held-out phrasing.
 """
 import copy
 import random
@@ -73,6 +75,28 @@ def realism_breakdown(images):
     return unrec, obj_err, bg_err
 
 
+def heldout_split(edit_fn, n=500):
+    """Success per edit type on the first n eval edits, split by whether the scene holds a
+    held-out combination, and by whether the instruction uses a held-out phrasing. Prints, and
+    returns {"combo"/"phrasing": {type: (success trained, success held-out, n held-out)}}."""
+    edits = tw.eval_edits(n)
+    _, images = tw.evaluate(edit_fn, edits)
+    ok = [tw.score_edit(e, im)["success"] for e, im in zip(edits, images)]
+    splits = {"combo": lambda e: any(o in tw.HELDOUT_COMBOS for s in (e.reference, e.target)
+                                     for _, o in s.objects()),
+              "phrasing": lambda e: e.instruction.startswith(tw.PHRASINGS[e.type][-1][:6])}
+    out = {}
+    for name, held in splits.items():
+        out[name] = {}
+        for typ in ("all",) + tw.EDIT_TYPES:
+            rows = [(held(e), s) for e, s in zip(edits, ok) if typ in ("all", e.type)]
+            new = [s for h, s in rows if h]
+            out[name][typ] = (np.mean([s for h, s in rows if not h]), np.mean(new), len(new))
+        print(f"success, trained / held-out {name} (n held-out): " + " | ".join(
+            f"{t} {a:.3f} / {b:.3f} ({k})" for t, (a, b, k) in out[name].items()))
+    return out
+
+
 @torch.no_grad()
 def main(run, n=48):
     torch.manual_seed(0)
@@ -108,6 +132,8 @@ def main(run, n=48):
         print(f"{'':10s} cell |x - y|: touched {mean(touched)} (target needs {mean(need)}), "
               f"untouched {mean(other)} | real: unrecognised {unrec}/{n}, error object px "
               f"{mean(obj_err)}, background px {mean(bg_err)}", flush=True)
+    from train import editor_fn
+    heldout_split(editor_fn(gen, "cpu", cfg.shift), cfg.eval_n or 500)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,25 @@ def test_diagnose_prints_every_edit_type(ckpt, capsys):
     for typ in tw.EDIT_TYPES:
         assert f"\n{typ:10s} dmd cos/norm" in "\n" + out, out
     assert "nan" not in out and out.count("cell |x - y|: touched") == 5, out
+    assert "success, trained / held-out combo" in out, out
+
+
+def test_heldout_split_of_known_editors():
+    import diagnose
+    edits = iter(tw.eval_edits(100))
+
+    def perfect(refs, instructions):
+        return [np.asarray(tw.render(next(edits).target)) for _ in refs]
+
+    def copy(refs, instructions):
+        return [np.asarray(r) for r in refs]
+    for fn, want in ((perfect, 1.0), (copy, 0.0)):
+        split = diagnose.heldout_split(fn, 100)
+        for name in ("combo", "phrasing"):
+            for typ in ("all",) + tw.EDIT_TYPES:
+                trained, held, n = split[name][typ]
+                assert trained == want and (held == want or n == 0), (name, typ, split)
+    assert 0 < split["combo"]["all"][2] < 100 and 0 < split["phrasing"]["all"][2] < 100
 
 
 def test_diagnose_measures_known_editors():
