@@ -10,6 +10,9 @@ Prints, per edit type, on 48 training-split edits each (seeded):
          the oracle target needs in that cell, for scale): does the editor act where asked?
   real   why outputs fail realism: the share whose parse has an unrecognised cell, and the mean
          error to the rendering of their own parse on object vs background pixels.
+  judge  where the judge's L_vlm gradient w.r.t. the pixels points, at the unchanged reference
+         and halfway to the target: its share of squared mass in the touched cell (a quarter
+         is chance) and its cosine with target - x. Is there a direction to start an edit?
 and, on the 500 eval edits, each type's success split by what the editor never trained on: a
 held-out colour x shape combination in the scene (toyworld.HELDOUT_COMBOS), a held-out phrasing.
 """
@@ -97,6 +100,23 @@ def heldout_split(edit_fn, n=500):
     return out
 
 
+def judge_direction(judge, ref, tgt, edits):
+    """-> per point (reference, halfway): (share of -dL_vlm/dx's squared mass in the touched
+    cells, formatted, "-" for background edits; its cosine with target - x)."""
+    import vlm_reward as V
+    out = []
+    for x0 in (ref, 0.5 * ref + 0.5 * tgt):
+        x = x0.clone().requires_grad_(True)
+        with torch.enable_grad():
+            g, = torch.autograd.grad(V.vlm_loss(judge, ref, x, [e.instruction for e in edits]), x)
+        cells = [[k for k in range(4) if k in e.touched] for e in edits]
+        mass = [sum(g[i][cell_slice(k)].square().sum() for k in c) / g[i].square().sum()
+                for i, c in enumerate(cells) if c and "bg" not in edits[i].touched]
+        cos = F.cosine_similarity(-g.flatten(1), (tgt - x0).flatten(1)).mean()
+        out.append((f"{np.mean(mass):.2f}" if mass else "-", cos.item()))
+    return out
+
+
 @torch.no_grad()
 def main(run, n=48):
     torch.manual_seed(0)
@@ -106,6 +126,8 @@ def main(run, n=48):
     w = load_file(f"{run}/ckpt/model.safetensors")
     fake.load_state_dict({k[len("fake_score."):]: v for k, v in w.items()
                           if k.startswith("fake_score.")})
+    import vlm_reward as V
+    judge = V.small_judge(cfg.judge)
     for typ in tw.EDIT_TYPES:
         edits = edits_of(typ, n)
         ref = tw.to_tensor([tw.render(e.reference) for e in edits])
@@ -132,6 +154,9 @@ def main(run, n=48):
         print(f"{'':10s} cell |x - y|: touched {mean(touched)} (target needs {mean(need)}), "
               f"untouched {mean(other)} | real: unrecognised {unrec}/{n}, error object px "
               f"{mean(obj_err)}, background px {mean(bg_err)}", flush=True)
+        (m0, c0), (m1, c1) = judge_direction(judge, ref, tgt, edits)
+        print(f"{'':10s} judge -dL/dx: mass in touched cell / cosine with target - x: at the "
+              f"reference {m0} / {c0:+.2f}, halfway {m1} / {c1:+.2f}", flush=True)
     from train import editor_fn
     heldout_split(editor_fn(gen, "cpu", cfg.shift), cfg.eval_n or 500)
 

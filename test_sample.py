@@ -130,7 +130,7 @@ def test_diagnose_prints_every_edit_type(ckpt, capsys):
     for typ in tw.EDIT_TYPES:
         assert f"\n{typ:10s} dmd cos/norm" in "\n" + out, out
     assert "nan" not in out and out.count("cell |x - y|: touched") == 5, out
-    assert "success, trained / held-out combo" in out, out
+    assert "success, trained / held-out combo" in out and out.count("judge -dL/dx") == 5, out
 
 
 def test_heldout_split_of_known_editors():
@@ -164,3 +164,17 @@ def test_diagnose_measures_known_editors():
     assert unrec == 0 and len(obj_err) == 8 and max(obj_err + bg_err) == 0.0
     noisy = tw.to_uint8((tgt + 0.2 * torch.randn_like(tgt)).clamp(-1, 1))
     assert min(diagnose.realism_breakdown(noisy)[2]) > 0.01
+
+
+def test_judge_direction_of_the_shipped_judge():
+    """Halfway to an addition's target the shipped judge's gradient sits in the named cell and
+    points at the target; at the unchanged reference it does neither (README, session 5)."""
+    import diagnose
+    import vlm_reward as V
+    torch.manual_seed(0)
+    edits = diagnose.edits_of("add", 16)
+    ref = tw.to_tensor([tw.render(e.reference) for e in edits])
+    tgt = tw.to_tensor([tw.render(e.target) for e in edits])
+    (m0, c0), (m1, c1) = diagnose.judge_direction(V.small_judge("assets/small/judge"), ref, tgt,
+                                                  edits)
+    assert float(m1) > 0.6 and c1 > 0.1 and float(m0) < 0.5 and abs(c0) < 0.1, (m0, c0, m1, c1)

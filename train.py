@@ -57,13 +57,7 @@ def load_models(cfg, device):
                 raise SystemExit(f"error: no {what} at {path}; make it with: python pretrain.py "
                                  f"{what} (or pass --{what}=PATH)")
         transformer, text_encoder, tok = M.small_prior(cfg.prior)
-        if cfg.judge == "random":
-            from judge_data import judge_tokenizer
-            jt = judge_tokenizer()
-            vlm = V.Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(jt, 32, 32, 1))
-            judge = V.Judge(vlm.eval().requires_grad_(False), jt)
-        else:
-            judge = V.load_judge(cfg.judge)
+        judge = V.small_judge(cfg.judge)
         generator = M.Generator.from_prior(transformer, text_encoder, tok)
         text_encoder = text_encoder.to(device).eval().requires_grad_(False)
 

@@ -167,6 +167,17 @@ def load_judge(path, **kw):
     return Judge(vlm.eval().requires_grad_(False), tokenizer, **kw)
 
 
+def small_judge(path):
+    """The small world's judge: a folder written by pretrain.py, or "random" (a tiny random one,
+    for tests)."""
+    if path != "random":
+        return load_judge(path)
+    from judge_data import judge_tokenizer
+    tok = judge_tokenizer()
+    vlm = Qwen2_5_VLForConditionalGeneration(tiny_judge_config(tok, 32, 32, 1))
+    return Judge(vlm.eval().requires_grad_(False), tok)
+
+
 # ----------------------------------------------------------------------------- the loss
 
 def edit_questions(instruction):
