@@ -73,9 +73,9 @@ PRESETS = {
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,
                  n_aux=2, log_every=1, grid_every=2, ckpt_every=2, eval_n=10),
-    # the shipped small-world prior and judge; measured (README, session 5), seed 0: success
-    # 0.756, preservation 0.962, realism 0.994, every type >= 0.65 on the 500 eval edits, 44.9 min
-    # on one of 2 cores beside another run: the quality bar, not the 15-minute one.
+    # the shipped small-world prior and judge; measured (README, session 5) on the 500 eval
+    # edits, seeds 0 / 1: success 0.756 / 0.722, preservation 0.962 / 0.954, realism 0.994 /
+    # 0.972, every type >= 0.60; 32.5 min alone on 2 CPU cores: the quality bar, not the 15 min.
     # --max_steps=1100 (sessions 3-4): 0.400 +- 0.034, realism 0.541, no additions, 11.5 min.
     "small": dict(warmup_steps=200, max_steps=3300, batch_size=8, cosine=True, n_aux=3,
                   w_vlm=0.02, lr=5e-4, fake_lr=5e-4),
