@@ -28,7 +28,9 @@ from safetensors.torch import load_file
 import dmd
 import model as M
 import toyworld as tw
+import vlm_reward as V
 from checkpoint import load_editor
+from train import editor_fn
 
 
 def edits_of(typ, n, seed=1):
@@ -85,9 +87,9 @@ def heldout_split(edit_fn, n=500):
     edits = tw.eval_edits(n)
     _, images = tw.evaluate(edit_fn, edits)
     ok = [tw.score_edit(e, im)["success"] for e, im in zip(edits, images)]
-    splits = {"combo": lambda e: any(o in tw.HELDOUT_COMBOS for s in (e.reference, e.target)
-                                     for _, o in s.objects()),
-              "phrasing": lambda e: e.instruction.startswith(tw.PHRASINGS[e.type][-1][:6])}
+    def held_phrasing(e):  # each type's last template is held out
+        return e.instruction.startswith(tw.PHRASINGS[e.type][-1].split("{")[0])
+    splits = {"combo": tw.has_heldout_combo, "phrasing": held_phrasing}
     out = {}
     for name, held in splits.items():
         out[name] = {}
@@ -103,7 +105,6 @@ def heldout_split(edit_fn, n=500):
 def judge_direction(judge, ref, tgt, edits):
     """-> per point (reference, halfway): (share of -dL_vlm/dx's squared mass in the touched
     cells, formatted, "-" for background edits; its cosine with target - x)."""
-    import vlm_reward as V
     out = []
     for x0 in (ref, 0.5 * ref + 0.5 * tgt):
         x = x0.clone().requires_grad_(True)
@@ -126,7 +127,6 @@ def main(run, n=48):
     w = load_file(f"{run}/ckpt/model.safetensors")
     fake.load_state_dict({k[len("fake_score."):]: v for k, v in w.items()
                           if k.startswith("fake_score.")})
-    import vlm_reward as V
     judge = V.small_judge(cfg.judge)
     for typ in tw.EDIT_TYPES:
         edits = edits_of(typ, n)
@@ -157,7 +157,6 @@ def main(run, n=48):
         (m0, c0), (m1, c1) = judge_direction(judge, ref, tgt, edits)
         print(f"{'':10s} judge -dL/dx: mass in touched cell / cosine with target - x: at the "
               f"reference {m0} / {c0:+.2f}, halfway {m1} / {c1:+.2f}", flush=True)
-    from train import editor_fn
     heldout_split(editor_fn(gen, "cpu", cfg.shift), cfg.eval_n or 500)
 
 

@@ -263,10 +263,13 @@ def random_edit(rng, split="train", type=None, phrasing=None):
             if type == "shape":
                 kw["shape"] = rng.choice([s for s in SHAPES if s != obj[1]])
         edit = apply_edit(ref, type, **kw)
-        objs = [o for _, o in edit.reference.objects()] + [o for _, o in edit.target.objects()]
-        has_heldout = any(o in HELDOUT_COMBOS for o in objs)
-        if split == "all" or has_heldout == (split == "heldout"):
+        if split == "all" or has_heldout_combo(edit) == (split == "heldout"):
             return edit
+
+
+def has_heldout_combo(edit):
+    """Does the reference or the target hold a colour x shape combination of HELDOUT_COMBOS?"""
+    return any(o in HELDOUT_COMBOS for s in (edit.reference, edit.target) for _, o in s.objects())
 
 
 def eval_edits(n=500, seed=1234, split="all"):
@@ -357,13 +360,10 @@ def summarize(edits, images):
     def mean(rs):
         return {k: float(np.mean([s[k] for _, s in rs])) if rs else float("nan")
                 for k in ("success", "preservation", "realism")}
-
-    def heldout(e):
-        return any(o in HELDOUT_COMBOS for s in (e.reference, e.target) for _, o in s.objects())
     return {"overall": mean(rows),
             "by_type": {t: mean([r for r in rows if r[0].type == t])
                         for t in dict.fromkeys(e.type for e in edits)},
-            "heldout_combos": mean([r for r in rows if heldout(r[0])]),
+            "heldout_combos": mean([r for r in rows if has_heldout_combo(r[0])]),
             "n": len(rows)}
 
 
