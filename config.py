@@ -21,6 +21,7 @@ class Config:
     prior: str = "assets/small/prior"    # text-to-image model: folder, hub id, or "random" (tiny)
     judge: str = "assets/small/judge"    # VLM judge: folder, hub id, or "random" (tiny)
     tiny: bool = False                   # real presets: tiny random twins of every model
+    random_weights: bool = False         # real presets: published sizes, random (bench.py)
     data: str = ""                       # real presets: JSONL of edits ("" = small-world scenes)
     resolution: int = 32                 # image side in pixels
     judge_size: int = 32                 # the side the judge sees (resized, differentiably)
@@ -34,6 +35,7 @@ class Config:
     max_steps: int = 600                 # generator steps after the warm-up
     lr: float = 2e-4                     # generator
     cosine: bool = False                 # decay the generator lr to 0 over max_steps (cosine)
+    decay_steps: int = 0                 # cosine: hold the lr, decay over the last N (0: all)
     fake_lr: float = 2e-4                # fake score
     beta1: float = 0.0                   # AdamW betas (0, 0.9), as the reimplementation
     beta2: float = 0.9
@@ -55,6 +57,7 @@ class Config:
     grad_clip: float = 2.0
     skip_grad_norm: float = 300.0        # skip a step whose grad norm exceeds this
     lora_rank: int = 0                   # real presets: LoRA on generator and fake score (peft)
+    compile: bool = True                 # torch.compile generator and fake score (CUDA only)
     grad_ckpt: bool = False              # gradient checkpointing in the transformers
     fsdp: bool = False                   # under torchrun: FSDP2 (fully_shard) instead of DDP
     log_every: int = 25

@@ -77,12 +77,57 @@ def tiny_text_to_image(resolution=512):
     return transformer, vae.eval(), text_encoder.eval(), tokenizer
 
 
-def load_text_to_image(path, tiny=False, resolution=512, dtype=torch.float32, key="t2i"):
+# The published architectures (each model's config.json, copied by hand), for
+# random_weights=True: full-size timing and memory (bench.py on a GPU) with nothing downloaded.
+# Keyed by the size in the hub id; tokenizers are the tiny twins' (prompt lengths differ).
+SANA_SIZES = {"600M": dict(num_attention_heads=36, attention_head_dim=32, num_layers=28,
+                           num_cross_attention_heads=16, cross_attention_head_dim=72),
+              "1600M": dict(num_attention_heads=70, attention_head_dim=32, num_layers=20,
+                            num_cross_attention_heads=20, cross_attention_head_dim=112)}
+QWEN_SIZES = {"3B": dict(text_width=2048, text_layers=36, heads=16, kv_heads=2,
+                         intermediate=11008),
+              "7B": dict(text_width=3584, text_layers=28, heads=28, kv_heads=4,
+                         intermediate=18944)}
+
+
+def published_size(path, sizes):
+    """The entry of sizes named in path ("..._600M_...", "...-3B-..."), else a one-line error."""
+    for k, v in sizes.items():
+        if f"_{k}_" in path or f"-{k}-" in path:
+            return v
+    raise SystemExit(f"error: --random_weights knows the sizes {', '.join(sizes)}; {path!r} "
+                     f"names none of them")
+
+
+def published_text_to_image(path, resolution=512):
+    """Random weights in SANA's published shapes: the f32c32 DC-AE (diffusers' AutoencoderDC
+    defaults plus SANA 1.0's decoder), Gemma2-2B, and the transformer SANA_SIZES names."""
+    vae = AutoencoderDC(upsample_block_type="interpolate", scaling_factor=0.41407,
+                        decoder_norm_types=("batch_norm",) * 3 + ("rms_norm",) * 3,
+                        decoder_act_fns=("relu",) * 3 + ("silu",) * 3)
+    tokenizer = toyworld.build_tokenizer(extra_words=TINY_WORDS)
+    tokenizer.model_max_length = 300
+    text_encoder = Gemma2Model(Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+        num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id))
+    size = published_size(path, SANA_SIZES)
+    width = size["num_attention_heads"] * size["attention_head_dim"]
+    transformer = SanaTransformer2DModel(
+        in_channels=32, out_channels=32, cross_attention_dim=width, caption_channels=2304,
+        mlp_ratio=2.5, patch_size=1, sample_size=resolution // 32, **size)
+    return transformer, vae.eval(), text_encoder.eval(), tokenizer
+
+
+def load_text_to_image(path, tiny=False, resolution=512, dtype=torch.float32, key="t2i",
+                       random_weights=False):
     """-> (transformer, vae, text_encoder, tokenizer) of a diffusers SANA pipeline: a hub id or a
     local folder with transformer/, vae/, text_encoder/, tokenizer/ (e.g.
     "Efficient-Large-Model/Sana_600M_512px_diffusers"); tiny=True: random twins, path unused."""
-    if tiny:
-        models = tiny_text_to_image(resolution)
+    if tiny or random_weights:
+        models = tiny_text_to_image(resolution) if tiny else \
+            published_text_to_image(path, resolution)
         if dtype != torch.float32:  # (diffusers warns on any .to(dtype), even a no-op)
             models = [m.to(dtype) for m in models[:3]] + [models[3]]
         return tuple(models)
@@ -156,7 +201,8 @@ class TextCache:
 
 # ----------------------------------------------------------------------------- the judge
 
-def load_vlm(path, tiny=False, image_size=448, dtype=torch.float32, key="vlm"):
+def load_vlm(path, tiny=False, image_size=448, dtype=torch.float32, key="vlm",
+             random_weights=False):
     """-> a frozen vlm_reward.Judge around a Qwen2.5-VL (e.g. "Qwen/Qwen2.5-VL-7B-Instruct"),
     asking at image_size px (448 = 16x16 merged visual tokens); its answers are the single
     tokens "Yes"/"No" of Qwen's tokenizer. tiny=True: a random Qwen2.5-VL with the real patch 14
@@ -168,6 +214,15 @@ def load_vlm(path, tiny=False, image_size=448, dtype=torch.float32, key="vlm"):
                                            text_layers=2, patch_size=14, window_size=112)
         vlm = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype)
         return vlm_reward.Judge(vlm.eval().requires_grad_(False), tokenizer, image_size=56)
+    if random_weights:  # Qwen2.5-VL's published vision tower and the text size QWEN_SIZES names
+        tokenizer = judge_data.judge_tokenizer()
+        cfg = vlm_reward.tiny_judge_config(
+            tokenizer, vision_width=1280, patch_size=14, window_size=112, vision_depth=32,
+            vision_heads=16, vision_intermediate=3420, fullatt=(7, 15, 23, 31),
+            rope_theta=1e6, **published_size(path, QWEN_SIZES))
+        vlm = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype)
+        return vlm_reward.Judge(vlm.eval().requires_grad_(False), tokenizer,
+                                image_size=image_size)
     try:
         vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -277,3 +277,23 @@ def test_lora_trains_adapters_and_the_patch_embedding_only():
         assert names and all("lora_" in n or n.startswith("patch_embed") for n in names), names
         assert any("lora_" in n for n in names)
     assert not any(p.requires_grad for p in S.real_score.parameters())
+
+
+def test_random_weights_build_the_published_sizes():
+    """--random_weights=True (bench.py's full-size timing) builds each model at its published
+    parameter count: SANA 0.59B / 1.60B, DC-AE 0.31B, Gemma-2-2B 2.61B, Qwen2.5-VL 3.75B / 8.29B
+    (the last three counted here without the embedding rows of their real vocabularies)."""
+    n = lambda m: sum(p.numel() for p in m.parameters()) / 1e9  # noqa: E731
+    with torch.device("meta"):  # shapes only, nothing allocated
+        for path, size in (("Efficient-Large-Model/Sana_600M_512px_diffusers", 0.592),
+                           ("Efficient-Large-Model/Sana_1600M_512px_diffusers", 1.604)):
+            transformer, vae, text_encoder, _ = real.published_text_to_image(path)
+            assert n(transformer) == pytest.approx(size, abs=0.002)
+        assert n(vae) == pytest.approx(0.312, abs=0.005)
+        assert n(text_encoder) + 256_000 * 2304 / 1e9 == pytest.approx(2.614, abs=0.01)
+        for path, size, vocab in (("Qwen/Qwen2.5-VL-3B-Instruct", 3.755, 151_936 * 2048),
+                                  ("Qwen/Qwen2.5-VL-7B-Instruct", 8.292, 2 * 152_064 * 3584)):
+            vlm = real.load_vlm(path, random_weights=True).vlm
+            assert n(vlm) + vocab / 1e9 == pytest.approx(size, abs=0.01)
+    with pytest.raises(SystemExit, match="names none of them"):
+        real.published_text_to_image("someone/Sana_900M_512px")

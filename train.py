@@ -43,9 +43,11 @@ def load_models(cfg, device):
     frozen = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if cfg.kind == "real":
         import real
-        transformer, vae, text_encoder, tok = real.load_text_to_image(
-            cfg.prior, cfg.tiny, cfg.resolution, key="prior")
-        judge = real.load_vlm(cfg.judge, cfg.tiny, cfg.judge_size, key="judge")
+        with torch.device(device if cfg.random_weights else "cpu"):  # (random init: on device)
+            transformer, vae, text_encoder, tok = real.load_text_to_image(
+                cfg.prior, cfg.tiny, cfg.resolution, key="prior", random_weights=cfg.random_weights)
+            judge = real.load_vlm(cfg.judge, cfg.tiny, cfg.judge_size, key="judge",
+                                  random_weights=cfg.random_weights)
         captions = real.TextCache(text_encoder.to(device, frozen).eval().requires_grad_(False), tok)
         generator = M.Generator.from_prior(transformer, None, tok, text_cache=captions)
         vae = vae.to(device).eval().requires_grad_(False)
@@ -134,8 +136,11 @@ def make_batches(cfg, rng, device):
 
 
 def lr_factor(step, cfg, warmup=20):
-    """Linear warm-up over 20 steps, then constant or (cfg.cosine) cosine decay to 0."""
-    decay = 0.5 * (1 + math.cos(math.pi * step / cfg.max_steps)) if cfg.cosine else 1.0
+    """Linear warm-up over 20 steps, then constant or (cfg.cosine) cosine decay to 0: over all
+    max_steps, or (decay_steps > 0) held until the last decay_steps (warm-stable-decay)."""
+    span = min(cfg.decay_steps or cfg.max_steps, cfg.max_steps)
+    into = max(0, step - (cfg.max_steps - span))
+    decay = 0.5 * (1 + math.cos(math.pi * into / span)) if cfg.cosine else 1.0
     return min(1.0, (step + 1) / warmup) * decay
 
 
@@ -245,7 +250,7 @@ def main(argv):
         from torch.nn.parallel import DistributedDataParallel as DDP
         gen = DDP(generator, device_ids=[device] if cuda else None)
         fake = DDP(fake_score, device_ids=[device] if cuda else None)
-    if cuda:
+    if cuda and cfg.compile:
         gen, fake = torch.compile(gen), torch.compile(fake)
     next_batch = make_batches(cfg, rng, device)
     fixed = make_batches(cfg, random.Random(99), device)(8)  # the grids' inputs, every time

@@ -53,21 +53,26 @@ def removed_object(instruction):
 # ----------------------------------------------------------------------------- the judge model
 
 def tiny_judge_config(tokenizer, vision_width=96, text_width=128, text_layers=4, patch_size=8,
-                      window_size=32):
+                      window_size=32, vision_depth=2, vision_heads=4, vision_intermediate=None,
+                      fullatt=None, heads=4, kv_heads=2, intermediate=None, rope_theta=1e4):
     """A small-world Qwen2.5-VL: vision patch 8 + merge 2, so each merged visual token of a
-    32x32 image is one 16 px cell of the world (../shared/spikes.md)."""
+    32x32 image is one 16 px cell of the world (../shared/spikes.md). The other arguments build
+    the real presets' tiny twins and (real.QWEN_SIZES) the published sizes."""
     ids = tokenizer.convert_tokens_to_ids
-    half = text_width // 4 // 2  # rotary half-dim per head; M-RoPE splits it over (t, h, w)
+    half = text_width // heads // 2  # rotary half-dim per head; M-RoPE splits it over (t, h, w)
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     return Qwen2_5_VLConfig(
-        vision_config=dict(depth=2, hidden_size=vision_width, intermediate_size=2 * vision_width,
-                           num_heads=4, patch_size=patch_size, spatial_merge_size=2,
+        vision_config=dict(depth=vision_depth, hidden_size=vision_width,
+                           intermediate_size=vision_intermediate or 2 * vision_width,
+                           num_heads=vision_heads, patch_size=patch_size, spatial_merge_size=2,
                            temporal_patch_size=2, window_size=window_size,
-                           out_hidden_size=text_width, fullatt_block_indexes=[0, 1]),
+                           out_hidden_size=text_width,
+                           fullatt_block_indexes=list(fullatt or range(vision_depth))),
         text_config=dict(vocab_size=len(tokenizer), hidden_size=text_width,
-                         intermediate_size=2 * text_width, num_hidden_layers=text_layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                         intermediate_size=intermediate or 2 * text_width,
+                         num_hidden_layers=text_layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, max_position_embeddings=256,
+                         rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
                                           "mrope_section": mrope},
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=ids("<|im_start|>"),
                          eos_token_id=ids("<|im_end|>"), tie_word_embeddings=True),
