@@ -181,6 +181,19 @@ def test_cfg_by_type_sets_the_real_score_scale_per_sample():
         train.parse_args(["--config", "tiny", "--cfg_by_type=adds=8"])
 
 
+def test_lr_schedule_holds_then_decays_over_decay_steps():
+    """Linear warm-up over 20 steps; cosine over all max_steps, or held until the last
+    decay_steps and cosine-decayed over those (warm-stable-decay); constant without cosine."""
+    lr = lambda step, *a: train.lr_factor(step, train.parse_args(  # noqa: E731
+        ["--config", "tiny", "--max_steps=100", *a])[1])
+    assert lr(9, "--cosine=false") == pytest.approx(0.5) and lr(99, "--cosine=false") == 1.0
+    assert lr(50, "--cosine=true") == pytest.approx(0.5)
+    held = ("--cosine=true", "--decay_steps=40")
+    assert lr(30, *held) == lr(60, *held) == 1.0
+    assert lr(80, *held) == pytest.approx(0.5) and lr(100, *held) == pytest.approx(0.0)
+    assert lr(80, "--cosine=true", "--decay_steps=1000") == lr(80, "--cosine=true")  # capped
+
+
 def _torchrun(*args):
     return subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "train.py", "--config",
                            "tiny", "--threads=1", "--eval_n=0", *args], cwd=HERE,
