@@ -1,7 +1,8 @@
 #!/bin/bash
 # Every GPU-specific check and timing in one go (README, Benchmark): bf16 + eager and compiled
 # steps of the real presets at their published sizes (random weights, nothing downloaded), their
-# tiny twins, and the small preset trained on the GPU. ~8 min on one H200. Usage: bash bench_gpu.sh
+# tiny twins, and the small preset trained on the GPU; each step has a time limit (~13 min at
+# most). Not yet run as one script (session 6 ran its bench.py commands). Usage: bash bench_gpu.sh
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 O=${OUT:-out/bench_gpu}; mkdir -p $O
 exec > >(tee -a $O/bench_gpu.log) 2>&1
