@@ -44,7 +44,7 @@ STEPS_TIMES = {"sft_4x": 4}  # rows that run a multiple of the shared max_steps
 # --key=value given to ablations.py overrides it
 BUDGET = {"small": ["--batch_size=16", "--max_steps=400", "--cosine=false",
                     "--prior=assets/small/prior", "--warmup_prompt=instruction",
-                    "--n_aux=3", "--fake_lr=5e-4", "--cfg_by_type="]}
+                    "--n_aux=3", "--fake_lr=5e-4", "--cfg_by_type=", "--type_mix="]}
 MULTI_SEED = ("npedit", "sft")
 
 

@@ -44,6 +44,7 @@ class Config:
     w_dmd: float = 1.0
     cfg: float = 3.0                     # real score CFG scale
     cfg_by_type: str = ""                # per edit type, e.g. "add=8,color=5" (others: cfg)
+    type_mix: str = ""                   # small world: edit-type weights, e.g. "add=2" (others 1)
     dmd_t_min: float = 0.02              # DMD's t ~ U[dmd_t_min, 0.98] (method.md: 0.02)
     p_nothing: float = 0.01              # "do nothing" samples with an MSE(x0, y) term
     max_k: int = 4                       # unroll: k ~ U{1..max_k} of the 4-step schedule
@@ -84,7 +85,8 @@ PRESETS = {
     # Session 5's --max_steps=3300 --n_aux=3 --fake_lr=5e-4 --decay_steps=0 --cfg_by_type=
     # (32.5 min): 0.756 / 0.722, realism 0.994 / 0.972 (seeds 0 / 1).
     "small": dict(warmup_steps=200, max_steps=2300, decay_steps=1300, batch_size=8, cosine=True,
-                  n_aux=1, w_vlm=0.02, lr=5e-4, fake_lr=1e-3, cfg_by_type="add=4.5"),
+                  n_aux=1, w_vlm=0.02, lr=5e-4, fake_lr=1e-3, cfg_by_type="add=4.5",
+                  type_mix="add=2"),
     # real presets: the reimplementation's hyperparameters (method.md); timed at their published
     # sizes with random weights on one H200 (README, Benchmark); never run on real weights
     "base": dict(_REAL, prior="Efficient-Large-Model/Sana_600M_512px_diffusers",
@@ -130,16 +132,19 @@ def parse_args(argv):
                          f"{cfg.warmup_prompt!r}")
     if cfg.method not in METHODS:
         raise SystemExit(f"error: --method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
-    try:
-        per = cfg_by_type(cfg.cfg_by_type)
-    except ValueError as e:
-        raise SystemExit(f"error: --cfg_by_type: {e}")
-    if cfg.kind == "small":  # real data names its own types; the small world has five
-        from toyworld import EDIT_TYPES
-        bad = [k for k in per if k not in EDIT_TYPES]
-        if bad:
-            raise SystemExit(f"error: --cfg_by_type: unknown edit type {bad[0]!r}; known: "
-                             f"{', '.join(EDIT_TYPES)}")
+    for key in ("cfg_by_type", "type_mix"):
+        try:
+            per = cfg_by_type(getattr(cfg, key))
+        except ValueError as e:
+            raise SystemExit(f"error: --{key}: {e}")
+        if cfg.kind == "small":  # real data names its own types; the small world has five
+            from toyworld import EDIT_TYPES
+            bad = [k for k in per if k not in EDIT_TYPES]
+            if bad:
+                raise SystemExit(f"error: --{key}: unknown edit type {bad[0]!r}; known: "
+                                 f"{', '.join(EDIT_TYPES)}")
+        if key == "type_mix" and any(v < 0 for v in per.values()):
+            raise SystemExit(f"error: --type_mix: weights must be >= 0, got {cfg.type_mix!r}")
     if cfg.tiny and cfg.kind == "real":  # tiny twins: small images, few steps, no downloads
         cfg = Config(**{**PRESETS[name], "batch_size": 2, "warmup_steps": 1, "max_steps": 2,
                         "n_aux": 1, "judge_size": 56, "log_every": 1, "grid_every": 1,
@@ -167,3 +172,11 @@ def cfg_scales(cfg, types):
     (the issue allows a scale per edit type)."""
     per = cfg_by_type(cfg.cfg_by_type)
     return [per.get(t, cfg.cfg) for t in types]
+
+
+def type_weights(cfg):
+    """The small world's training mix: a weight per edit type (toyworld.EDIT_TYPES order) from
+    cfg.type_mix, others 1; None when type_mix is empty (uniform, the default)."""
+    from toyworld import EDIT_TYPES
+    mix = cfg_by_type(cfg.type_mix)
+    return [mix.get(t, 1.0) for t in EDIT_TYPES] if mix else None

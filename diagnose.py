@@ -10,6 +10,8 @@ Prints, per edit type, on 48 training-split edits each (seeded):
          the oracle target needs in that cell, for scale): does the editor act where asked?
   real   why outputs fail realism: the share whose parse has an unrecognised cell, and the mean
          error to the rendering of their own parse on object vs background pixels.
+  speckle  that error's std in [-1, 1] units and its correlation between two sampler seeds:
+         noise the sampler injects, or a pattern the editor draws for this input?
   judge  where the judge's L_vlm gradient w.r.t. the pixels points, at the unchanged reference
          and halfway to the target: its share of squared mass in the touched cell (a quarter
          is chance) and its cosine with target - x. Is there a direction to start an edit?
@@ -78,6 +80,23 @@ def realism_breakdown(images):
         if (~bg).any():
             obj_err.append(err[~bg].mean())
     return unrec, obj_err, bg_err
+
+
+def speckle(gen, ref, instructions, shift):
+    """Is the realism error fresh noise or a pattern fixed by the input? The residuals
+    r = x - render(parse(x)) of two sampler seeds, on pixels away from the clamp (|x| < 0.95) and
+    from wrong shapes (|r| < 0.5): -> (their correlation: 0 noise, 1 a pattern; r's std)."""
+    rs = []
+    for seed in (0, 1):
+        x = M.sample_edit(gen, ref, instructions, shift=shift, seed=seed)
+        parses = [tw.parse(im) for im in tw.to_uint8(x)]
+        ok = torch.tensor([tw.UNRECOGNISED not in p.cells for p in parses])[:, None, None, None]
+        r = torch.stack([x[i] - tw.to_tensor([tw.render(p)])[0] if ok[i] else 0 * x[i]
+                         for i, p in enumerate(parses)])  # an unrecognised cell: no rendering
+        rs.append((r, ok & (x.abs() < 0.95) & (r.abs() < 0.5)))
+    (a, ma), (b, mb) = rs
+    m = ma & mb
+    return torch.corrcoef(torch.stack([a[m], b[m]]))[0, 1].item(), a[m].std().item()
 
 
 def heldout_split(edit_fn, n=500):
@@ -154,6 +173,9 @@ def main(run, n=48):
         print(f"{'':10s} cell |x - y|: touched {mean(touched)} (target needs {mean(need)}), "
               f"untouched {mean(other)} | real: unrecognised {unrec}/{n}, error object px "
               f"{mean(obj_err)}, background px {mean(bg_err)}", flush=True)
+        corr, std = speckle(gen, ref, [e.instruction for e in edits], cfg.shift)
+        print(f"{'':10s} speckle: residual x - render(parse(x)) std {std:.3f}, correlation "
+              f"between two sampler seeds {corr:+.2f} (0: noise, 1: fixed by the input)")
         (m0, c0), (m1, c1) = judge_direction(judge, ref, tgt, edits)
         print(f"{'':10s} judge -dL/dx: mass in touched cell / cosine with target - x: at the "
               f"reference {m0} / {c0:+.2f}, halfway {m1} / {c1:+.2f}", flush=True)

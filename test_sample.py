@@ -166,6 +166,36 @@ def test_diagnose_measures_known_editors():
     assert min(diagnose.realism_breakdown(noisy)[2]) > 0.01
 
 
+def test_speckle_tells_a_fixed_pattern_from_fresh_noise():
+    """Two stand-in editors on grey scenes: one draws the target plus a pattern fixed by the
+    input (correlation between sampler seeds ~1), one the target plus the noise the sampler just
+    injected (~0)."""
+    import diagnose
+    edits = [e for e in diagnose.edits_of("color", 64) if e.target.bg == "gray"][:8]
+    ref = tw.to_tensor([tw.render(e.reference) for e in edits])
+    tgt = tw.to_tensor([tw.render(e.target) for e in edits])
+    pattern = 0.1 * torch.randn(tgt.shape, generator=torch.Generator().manual_seed(1))
+
+    class Stand(torch.nn.Module):  # x0 = x - t v = the x0 we want
+        def __init__(self, fixed):
+            super().__init__()
+            self.fixed = fixed
+
+        def condition(self, instructions):
+            return None, None
+
+        def forward(self, x, t, reference, ids, mask):
+            tt = t.view(-1, 1, 1, 1)
+            fresh = (x - (1 - tt) * tgt) / tt  # the noise in x when its x0 is about tgt
+            x0 = tgt + (pattern if self.fixed else 0.1 * fresh)
+            return (x - x0) / tt
+
+    corr, std = diagnose.speckle(Stand(True), ref, [e.instruction for e in edits], 1.0)
+    assert corr > 0.95 and 0.05 < std < 0.15
+    corr, std = diagnose.speckle(Stand(False), ref, [e.instruction for e in edits], 1.0)
+    assert abs(corr) < 0.2 and std > 0.05
+
+
 def test_judge_direction_of_the_shipped_judge():
     """Halfway to an addition's target the shipped judge's gradient sits in the named cell and
     points at the target; at the unchanged reference it does neither (README, session 5)."""

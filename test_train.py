@@ -181,6 +181,22 @@ def test_cfg_by_type_sets_the_real_score_scale_per_sample():
         train.parse_args(["--config", "tiny", "--cfg_by_type=adds=8"])
 
 
+def test_type_mix_weights_the_training_edit_types():
+    """--type_mix=add=1,color=0,...: every training edit is an addition (or "none"); the default
+    mix draws all five types; bad specs are clear errors."""
+    import random
+    from collections import Counter
+    only_add = "add=1,color=0,remove=0,shape=0,background=0"
+    for mix, want in ((only_add, {"add"}), ("", set(tw.EDIT_TYPES))):
+        _, cfg = train.parse_args(["--config", "tiny", f"--type_mix={mix}", "--p_nothing=0"])
+        b = train.make_batches(cfg, random.Random(0), "cpu")(200)
+        assert set(Counter(b.types)) == want
+    with pytest.raises(SystemExit, match="unknown edit type 'adds'"):
+        train.parse_args(["--config", "tiny", "--type_mix=adds=2"])
+    with pytest.raises(SystemExit, match=">= 0"):
+        train.parse_args(["--config", "tiny", "--type_mix=add=-1"])
+
+
 def test_lr_schedule_holds_then_decays_over_decay_steps():
     """Linear warm-up over 20 steps; cosine over all max_steps, or held until the last
     decay_steps and cosine-decayed over those (warm-stable-decay); constant without cosine."""

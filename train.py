@@ -33,7 +33,7 @@ import model as M
 import toyworld as tw
 import vlm_reward as V
 from checkpoint import load_checkpoint, load_editor, save_checkpoint  # noqa: F401 (re-export)
-from config import PRESETS, Config, cfg_scales, parse_args  # noqa: F401 (re-export)
+from config import PRESETS, Config, cfg_scales, parse_args, type_weights  # noqa: F401 (re-export)
 
 
 def load_models(cfg, device):
@@ -120,7 +120,9 @@ def make_batches(cfg, rng, device):
                                    ref_captions=[r.get("caption") or r["instruction"]
                                                  for r in recs],
                                    ref=ref.to(device))
-        edits = [tw.random_edit(rng, "train") for _ in range(n)]
+        w = type_weights(cfg)  # --type_mix ("" = uniform)
+        edits = [tw.random_edit(rng, "train", t) for t in
+                 (rng.choices(tw.EDIT_TYPES, w, k=n) if w else [None] * n)]
         for b in range(n):
             if rng.random() < cfg.p_nothing:
                 edits[b] = tw.apply_edit(edits[b].reference, "none")
