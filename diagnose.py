@@ -85,7 +85,8 @@ def realism_breakdown(images):
 def speckle(gen, ref, instructions, shift):
     """Is the realism error fresh noise or a pattern fixed by the input? The residuals
     r = x - render(parse(x)) of two sampler seeds, on pixels away from the clamp (|x| < 0.95) and
-    from wrong shapes (|r| < 0.5): -> (their correlation: 0 noise, 1 a pattern; r's std)."""
+    from wrong shapes (|r| < 0.5): -> (their correlation: 0 noise, 1 a pattern; r's std), or
+    (None, None) when no output parses."""
     rs = []
     for seed in (0, 1):
         x = M.sample_edit(gen, ref, instructions, shift=shift, seed=seed)
@@ -96,6 +97,8 @@ def speckle(gen, ref, instructions, shift):
         rs.append((r, ok & (x.abs() < 0.95) & (r.abs() < 0.5)))
     (a, ma), (b, mb) = rs
     m = ma & mb
+    if m.sum() < 2:  # nothing parses (an untrained editor)
+        return None, None
     return torch.corrcoef(torch.stack([a[m], b[m]]))[0, 1].item(), a[m].std().item()
 
 
@@ -174,8 +177,9 @@ def main(run, n=48):
               f"untouched {mean(other)} | real: unrecognised {unrec}/{n}, error object px "
               f"{mean(obj_err)}, background px {mean(bg_err)}", flush=True)
         corr, std = speckle(gen, ref, [e.instruction for e in edits], cfg.shift)
-        print(f"{'':10s} speckle: residual x - render(parse(x)) std {std:.3f}, correlation "
-              f"between two sampler seeds {corr:+.2f} (0: noise, 1: fixed by the input)")
+        print(f"{'':10s} speckle: residual x - render(parse(x)) std "
+              + (f"{std:.3f}, correlation between two sampler seeds {corr:+.2f} (0: noise, 1: "
+                 "fixed by the input)" if corr is not None else "- (no output parses)"))
         (m0, c0), (m1, c1) = judge_direction(judge, ref, tgt, edits)
         print(f"{'':10s} judge -dL/dx: mass in touched cell / cosine with target - x: at the "
               f"reference {m0} / {c0:+.2f}, halfway {m1} / {c1:+.2f}", flush=True)
