@@ -136,7 +136,7 @@ def parse_args(argv):
         raise SystemExit(f"error: --method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     for key in ("cfg_by_type", "type_mix"):
         try:
-            per = cfg_by_type(getattr(cfg, key))
+            per = per_type(getattr(cfg, key))
         except ValueError as e:
             raise SystemExit(f"error: --{key}: {e}")
         if cfg.kind == "small":  # real data names its own types; the small world has five
@@ -145,8 +145,9 @@ def parse_args(argv):
             if bad:
                 raise SystemExit(f"error: --{key}: unknown edit type {bad[0]!r}; known: "
                                  f"{', '.join(EDIT_TYPES)}")
-        if key == "type_mix" and any(v < 0 for v in per.values()):
-            raise SystemExit(f"error: --type_mix: weights must be >= 0, got {cfg.type_mix!r}")
+        if key == "type_mix" and per and (min(per.values()) < 0 or type_weights(cfg) == [0] * 5):
+            raise SystemExit(f"error: --type_mix: weights must be >= 0, not all 0, got "
+                             f"{cfg.type_mix!r}")
     if cfg.tiny and cfg.kind == "real":  # tiny twins: small images, few steps, no downloads
         cfg = Config(**{**PRESETS[name], "batch_size": 2, "warmup_steps": 1, "max_steps": 2,
                         "n_aux": 1, "judge_size": 56, "log_every": 1, "grid_every": 1,
@@ -156,15 +157,16 @@ def parse_args(argv):
 
 
 @lru_cache(maxsize=None)
-def cfg_by_type(spec):
-    """"add=8,color=5" -> {"add": 8.0, "color": 5.0} (parsed once, not every training step)."""
+def per_type(spec):
+    """"add=8,color=5" -> {"add": 8.0, "color": 5.0}: --cfg_by_type and --type_mix (parsed once,
+    not every training step)."""
     per = {}
     for item in filter(None, spec.split(",")):
         k, _, v = item.partition("=")
         try:
             per[k.strip()] = float(v)
         except ValueError:
-            raise ValueError(f"expected TYPE=SCALE items separated by commas, got {item!r}") \
+            raise ValueError(f"expected TYPE=VALUE items separated by commas, got {item!r}") \
                 from None
     return per
 
@@ -172,7 +174,7 @@ def cfg_by_type(spec):
 def cfg_scales(cfg, types):
     """The real score's CFG scale for each edit type in types: its cfg_by_type entry, else cfg.cfg
     (the issue allows a scale per edit type)."""
-    per = cfg_by_type(cfg.cfg_by_type)
+    per = per_type(cfg.cfg_by_type)
     return [per.get(t, cfg.cfg) for t in types]
 
 
@@ -180,5 +182,5 @@ def type_weights(cfg):
     """The small world's training mix: a weight per edit type (toyworld.EDIT_TYPES order) from
     cfg.type_mix, others 1; None when type_mix is empty (uniform, the default)."""
     from toyworld import EDIT_TYPES
-    mix = cfg_by_type(cfg.type_mix)
+    mix = per_type(cfg.type_mix)
     return [mix.get(t, 1.0) for t in EDIT_TYPES] if mix else None

@@ -106,6 +106,7 @@ def make_batches(cfg, rng, device):
             records = real.read_jsonl(cfg.data)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
+    w = type_weights(cfg)  # --type_mix ("" = uniform)
 
     def next_batch(n):
         if records is not None:
@@ -120,7 +121,6 @@ def make_batches(cfg, rng, device):
                                    ref_captions=[r.get("caption") or r["instruction"]
                                                  for r in recs],
                                    ref=ref.to(device))
-        w = type_weights(cfg)  # --type_mix ("" = uniform)
         edits = [tw.random_edit(rng, "train", t) for t in
                  (rng.choices(tw.EDIT_TYPES, w, k=n) if w else [None] * n)]
         for b in range(n):
