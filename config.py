@@ -82,8 +82,9 @@ PRESETS = {
     # cosine-annealed, CFG 4.5 for additions. Seed 0, `time python train.py --config small`
     # alone: success 0.748, preservation 0.955, realism 0.936, every type >= 0.59, in 17 min 17 s
     # (session 6's machine ran the same 2,300 steps in 14 min 20 s); seed 1 alone: 0.764 / 0.956
-    # / 0.918 in 16 min 6 s. Seeds 0/1/2, one thread each beside another run: realism 0.920 /
-    # 0.914 / 0.908, success 0.754 / 0.776 / 0.746.
+    # / 0.918 in 16 min 6 s. Session 8 ran seed 0 again: identical metrics, 15 min 40 s.
+    # Seeds 0/1/2, one thread each beside another run: realism 0.920 / 0.914 / 0.908, success
+    # 0.754 / 0.776 / 0.746.
     # Session 5's --max_steps=3300 --n_aux=3 --fake_lr=5e-4 --decay_steps=0 --cfg_by_type=
     # --type_mix= (32.5 min): 0.756 / 0.722, realism 0.994 / 0.972 (seeds 0 / 1).
     "small": dict(warmup_steps=200, max_steps=2300, decay_steps=1300, batch_size=8, cosine=True,
