@@ -146,9 +146,10 @@ def parse_args(argv):
             if bad:
                 raise SystemExit(f"error: --{key}: unknown edit type {bad[0]!r}; known: "
                                  f"{', '.join(EDIT_TYPES)}")
-        if key == "type_mix" and per and (min(per.values()) < 0 or type_weights(cfg) == [0] * 5):
-            raise SystemExit(f"error: --type_mix: weights must be >= 0, not all 0, got "
-                             f"{cfg.type_mix!r}")
+    w = type_weights(cfg)
+    if w and (min(w) < 0 or not any(w)):
+        raise SystemExit(f"error: --type_mix: weights must be >= 0, not all 0, got "
+                         f"{cfg.type_mix!r}")
     if cfg.tiny and cfg.kind == "real":  # tiny twins: small images, few steps, no downloads
         cfg = Config(**{**PRESETS[name], "batch_size": 2, "warmup_steps": 1, "max_steps": 2,
                         "n_aux": 1, "judge_size": 56, "log_every": 1, "grid_every": 1,

@@ -15,9 +15,12 @@ ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sma
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def test_shipped_prior_draws_its_captions():
+@pytest.mark.parametrize("name,layers", [("prior", 6), ("prior4", 4)])
+def test_shipped_prior_draws_its_captions(name, layers):
+    """prior4: the 4-layer prior of `pretrain.py prior --layers 4` (README, Pretraining)."""
     torch.manual_seed(0)
-    transformer, text_encoder, tok = M.load_prior(f"{ASSETS}/prior")
+    transformer, text_encoder, tok = M.load_prior(f"{ASSETS}/{name}")
+    assert len(transformer.transformer_blocks) == layers
     scenes = P.heldout_prompt_scenes()[:32]
     acc, _, _ = P.prior_exact(transformer.eval(), text_encoder.eval(), tok, scenes)
     assert acc >= 0.75, acc
@@ -52,7 +55,7 @@ def test_pretrain_prior_resumes(tmp_path):
     import subprocess
     import sys
     run = [sys.executable, "pretrain.py", "prior", "--batch", "4", "--eval_every", "1",
-           "--eval_n", "2", "--shuffle", "0.5", "--threads", "1",
+           "--eval_n", "2", "--shuffle", "0.5", "--threads", "1", "--layers", "2",
            "--out", str(tmp_path / "prior"), "--state_dir", str(tmp_path / "state")]
     here = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run(run + ["--steps", "2"], capture_output=True, text=True, cwd=here)
@@ -60,3 +63,4 @@ def test_pretrain_prior_resumes(tmp_path):
     r = subprocess.run(run + ["--steps", "3", "--resume"], capture_output=True, text=True, cwd=here)
     assert r.returncode == 0 and "resumed at step 2" in r.stdout, r.stderr[-2000:]
     assert "step 3 |" in r.stdout + r.stderr and os.path.isdir(tmp_path / "prior" / "transformer")
+    assert len(M.load_prior(str(tmp_path / "prior"))[0].transformer_blocks) == 2  # --layers
