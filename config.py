@@ -77,19 +77,17 @@ PRESETS = {
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,
                  n_aux=2, log_every=1, grid_every=2, ckpt_every=2, eval_n=10),
-    # the shipped small-world prior and judge; 2 CPU cores (README, NP-Edit training, session 7):
-    # additions drawn twice as often, one fake update a step, the lr held for 1,000 steps then
-    # cosine-annealed, CFG 4.5 for additions. Seed 0, `time python train.py --config small`
-    # alone: success 0.748, preservation 0.955, realism 0.936, every type >= 0.59, in 17 min 17 s
-    # (session 6's machine ran the same 2,300 steps in 14 min 20 s); seed 1 alone: 0.764 / 0.956
-    # / 0.918 in 16 min 6 s. Session 8 ran seed 0 again: identical metrics, 15 min 40 s.
-    # Seeds 0/1/2, one thread each beside another run: realism 0.920 / 0.914 / 0.908, success
-    # 0.754 / 0.776 / 0.746.
-    # Session 5's --max_steps=3300 --n_aux=3 --fake_lr=5e-4 --decay_steps=0 --cfg_by_type=
-    # --type_mix= (32.5 min): 0.756 / 0.722, realism 0.994 / 0.972 (seeds 0 / 1).
-    "small": dict(warmup_steps=200, max_steps=2300, decay_steps=1300, batch_size=8, cosine=True,
-                  n_aux=1, w_vlm=0.02, lr=5e-4, fake_lr=1e-3, cfg_by_type="add=4.5",
-                  type_mix="add=2"),
+    # the shipped 4-layer prior and the judge; 2 CPU cores (README, NP-Edit training, session 9):
+    # additions drawn twice as often, one fake update a step, the lr held for 1,200 steps then
+    # cosine-annealed over 1,600, CFG 4.5 for additions. Seed 0, `time python train.py --config
+    # small` alone: success 0.808, preservation 0.967, realism 0.902, every type >= 0.66, in
+    # 13 min 45 s. Seeds 0/1/2, one thread each beside another run: success 0.826 / 0.800 /
+    # 0.806, realism 0.906 / 0.916 / 0.938. Session 7's preset (the 6-layer prior,
+    # `--prior=assets/small/prior --max_steps=2300 --decay_steps=1300`): realism 0.908-0.936 on
+    # three seeds, 14 min 20 s - 17 min 17 s alone.
+    "small": dict(prior="assets/small/prior4", warmup_steps=200, max_steps=2800,
+                  decay_steps=1600, batch_size=8, cosine=True, n_aux=1, w_vlm=0.02, lr=5e-4,
+                  fake_lr=1e-3, cfg_by_type="add=4.5", type_mix="add=2"),
     # real presets: the reimplementation's hyperparameters (method.md); timed at their published
     # sizes with random weights on one H200 (README, Benchmark); never run on real weights
     "base": dict(_REAL, prior="Efficient-Large-Model/Sana_600M_512px_diffusers",
