@@ -79,15 +79,15 @@ PRESETS = {
                  n_aux=2, log_every=1, grid_every=2, ckpt_every=2, eval_n=10),
     # the shipped 4-layer prior and the judge; 2 CPU cores (README, NP-Edit training, session 9):
     # additions drawn twice as often, one fake update a step, the lr held for 1,200 steps then
-    # cosine-annealed over 1,600, CFG 4.5 for additions. Seed 0, `time python train.py --config
-    # small` alone: success 0.808, preservation 0.967, realism 0.902, every type >= 0.66, in
-    # 13 min 45 s. Seeds 0/1/2, one thread each beside another run: success 0.826 / 0.800 /
-    # 0.806, realism 0.906 / 0.916 / 0.938. Session 7's preset (the 6-layer prior,
-    # `--prior=assets/small/prior --max_steps=2300 --decay_steps=1300`): realism 0.908-0.936 on
-    # three seeds, 14 min 20 s - 17 min 17 s alone.
+    # cosine-annealed over 1,600, one CFG scale (3) for every edit type. Seed 0, `time python
+    # train.py --config small` alone: success 0.796, preservation 0.962, realism 0.942, every
+    # type >= 0.66, in 13 min 51 s. Seeds 0/1/2, one thread each beside another run: success
+    # 0.788 / 0.814 / 0.790, realism 0.924 / 0.942 / 0.942. Session 7's preset (6-layer prior,
+    # `--prior=assets/small/prior --max_steps=2300 --decay_steps=1300 --cfg_by_type=add=4.5`):
+    # realism 0.908-0.936 on three seeds, 14 min 20 s - 17 min 17 s alone.
     "small": dict(prior="assets/small/prior4", warmup_steps=200, max_steps=2800,
                   decay_steps=1600, batch_size=8, cosine=True, n_aux=1, w_vlm=0.02, lr=5e-4,
-                  fake_lr=1e-3, cfg_by_type="add=4.5", type_mix="add=2"),
+                  fake_lr=1e-3, type_mix="add=2"),
     # real presets: the reimplementation's hyperparameters (method.md); timed at their published
     # sizes with random weights on one H200 (README, Benchmark); never run on real weights
     "base": dict(_REAL, prior="Efficient-Large-Model/Sana_600M_512px_diffusers",
