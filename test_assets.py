@@ -26,6 +26,17 @@ def test_shipped_prior_draws_its_captions(name, layers):
     assert acc >= 0.75, acc
 
 
+def test_small_preset_loads_shipped_models():
+    """`python train.py --config small` trains on shipped folders: the 4-layer prior (since
+    session 9) and the judge, both loadable offline."""
+    from config import parse_args
+    _, cfg = parse_args(["--config", "small"])
+    here = os.path.dirname(os.path.abspath(__file__))
+    transformer, _, _ = M.small_prior(os.path.join(here, cfg.prior))
+    assert len(transformer.transformer_blocks) == 4
+    assert os.path.isdir(os.path.join(here, cfg.judge))
+
+
 def test_word_prior_places_objects_by_words():
     """prior_words was trained with half its prompts' cell segments shuffled, so it reads "top
     right" as a place; the first prior reads the slot a segment holds (README, Pretraining)."""
