@@ -28,13 +28,13 @@ def test_shipped_prior_draws_its_captions(name, layers):
 
 def test_small_preset_loads_shipped_models():
     """`python train.py --config small` trains on shipped folders: the 4-layer prior (since
-    session 9) and the judge, both loadable offline."""
+    session 9) and the judge, both loaded offline."""
     from config import parse_args
     _, cfg = parse_args(["--config", "small"])
     here = os.path.dirname(os.path.abspath(__file__))
     transformer, _, _ = M.small_prior(os.path.join(here, cfg.prior))
     assert len(transformer.transformer_blocks) == 4
-    assert os.path.isdir(os.path.join(here, cfg.judge))
+    V.small_judge(os.path.join(here, cfg.judge))  # raises if the folder is missing or broken
 
 
 def test_word_prior_places_objects_by_words():
