@@ -39,11 +39,11 @@ ROWS = {
     "sft_4x": ("SFT on true pairs, 4x steps (~same wall clock)", ["--method=sft"]),
 }
 STEPS_TIMES = {"sft_4x": 4}  # rows that run a multiple of the shared max_steps
-# the budget the README's table was measured at (the session-2 small preset: batch 16, 400
-# constant-lr steps, the first prior, instruction warm-up; ~70 min for every row); any
-# --key=value given to ablations.py overrides it
+# the budget the README's ablation table was measured at (batch 16, 400 constant-lr steps, the
+# 6-layer prior, the instruction as the warm-up prompt; ~70 min for every row); any --key=value
+# given to ablations.py overrides it
 BUDGET = {"small": ["--batch_size=16", "--max_steps=400", "--cosine=false",
-                    "--prior=assets/small/prior", "--warmup_prompt=instruction",
+                    "--prior=assets/small/prior6", "--warmup_prompt=instruction",
                     "--n_aux=3", "--fake_lr=5e-4", "--cfg_by_type=", "--type_mix="]}
 MULTI_SEED = ("npedit", "sft")
 
@@ -85,14 +85,15 @@ def grid(results, root, n=12):
     """One row per method (its first seed) on the same eval inputs; first rows: input, target."""
     import torch
     import toyworld as tw
-    from train import editor_fn, load_editor
+    import model as M
+    from checkpoint import load_editor
     edits = tw.eval_edits(n, seed=7)
     refs = [tw.render(e.reference) for e in edits]
     rows = [refs, [tw.render(e.target) for e in edits]]
     for row in results:
         generator, cfg = load_editor(f"{root}/{row}_s{results[row][0][2]}")
         with torch.no_grad():
-            rows.append(editor_fn(generator, "cpu", cfg.shift)(refs, [e.instruction for e in edits]))
+            rows.append(M.editor_fn(generator, "cpu", cfg.shift)(refs, [e.instruction for e in edits]))
     tw.grid(rows).save(f"{root}/grid.png")
 
 

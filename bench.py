@@ -23,6 +23,7 @@ import dmd
 import model as M
 import train
 import vlm_reward as V
+from config import parse_args
 
 
 def main():
@@ -36,7 +37,7 @@ def main():
                    help="the accelerator's dense bf16 peak, for MFU (H100/H200 SXM: 989)")
     a, overrides = p.parse_known_args()
     torch.set_num_threads(a.threads)
-    _, cfg = train.parse_args(["--config", a.config, *overrides])
+    _, cfg = parse_args(["--config", a.config, *overrides])
     cuda = a.device.startswith("cuda")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda \
         else contextlib.nullcontext
@@ -49,15 +50,15 @@ def main():
     opt_f = torch.optim.AdamW([q for q in fake_score.parameters() if q.requires_grad], lr=1e-7)
     b = train.make_batches(cfg, random.Random(0), a.device)(cfg.batch_size)
     text, mask = generator.condition(b.instructions)
-    cap = S.captions(b.captions)
-    null = S.captions(b.captions, drop=torch.ones(len(b.captions), dtype=torch.bool))
-    ref = S.to_latent(b.ref)
+    cap = S.caption_features(b.edited_captions)
+    null = S.caption_features(b.edited_captions, drop=torch.ones(len(b.edited_captions), dtype=torch.bool))
+    ref = S.to_latent(b.reference)
     with torch.no_grad(), autocast():
         x_fixed = M.unroll(gen, ref, text, mask, 2, shift=cfg.shift).float()
 
     def captions():
-        S.captions(b.captions)
-        S.captions(b.captions, drop=torch.ones(len(b.captions), dtype=torch.bool))
+        S.caption_features(b.edited_captions)
+        S.caption_features(b.edited_captions, drop=torch.ones(len(b.edited_captions), dtype=torch.bool))
 
     def unroll():
         opt_g.zero_grad()
@@ -74,7 +75,7 @@ def main():
     def vlm():
         x = x_fixed.clone().requires_grad_(True)
         with autocast():
-            loss = V.vlm_loss(S.judge, b.ref, S.to_pixels(x), b.instructions)
+            loss = V.vlm_loss(S.judge, b.reference, S.to_pixels(x), b.instructions, b.types, b.objects)
         loss.backward()
 
     def adamw_step():
@@ -93,8 +94,8 @@ def main():
         while random.Random(cfg.seed * 100_003 + step).randint(1, cfg.max_k) != cfg.max_k:
             step += 1
         with autocast():
-            x, c, l_vlm, l_dmd, l_nothing = train.generator_losses(cfg, gen, S, b, step)
-            loss = cfg.w_vlm * l_vlm + cfg.w_dmd * l_dmd + l_nothing
+            x, c, terms = train.generator_losses(cfg, gen, S, b, step)
+            loss = train.total_loss(cfg, terms)
         opt_g.zero_grad()
         loss.backward()
         opt_g.step()

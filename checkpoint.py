@@ -4,12 +4,14 @@
     out/<config>/ckpt/optim.pt            optimizer moments
     out/<config>/ckpt/state.json          stage, step, the full Config, python RNG state
 
-Everything is written to a temp folder and renamed (model.atomic_save_dir), so a kill never
-leaves a broken checkpoint. Under FSDP the weights and moments are gathered to full tensors
+Everything is written to a temp folder and swapped in by two renames (atomic_save_dir); a kill
+at any moment leaves one complete checkpoint, in ckpt/ or, between the renames, in ckpt.old/,
+which recover() moves back before a resume. Under FSDP the weights and moments are gathered to full tensors
 first and rank 0 alone writes, so a checkpoint trained on eight GPUs loads (and resumes) on one.
 """
 import json
 import os
+import shutil
 from dataclasses import asdict
 
 import torch
@@ -17,6 +19,28 @@ from safetensors.torch import load_file, save_file
 
 import model as M
 from config import Config
+
+
+def recover(path):
+    """A kill between atomic_save_dir's two renames leaves no `path` but a complete `path.old`:
+    move it back. -> path."""
+    if not os.path.exists(path) and os.path.exists(path + ".old"):
+        os.replace(path + ".old", path)
+    return path
+
+
+def atomic_save_dir(path, write):
+    """write(tmp), then swap it in: path -> path.old, tmp -> path, remove path.old. Whenever a
+    kill lands, a complete folder sits at path, or at path.old (recover() restores it)."""
+    recover(path)
+    tmp, old = path + ".tmp", path + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    if os.path.exists(path):
+        shutil.rmtree(old, ignore_errors=True)  # a stale one from a kill after the swap
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def full_state(module, fsdp=False):
@@ -53,7 +77,7 @@ def save_checkpoint(path, stage, step, modules, opts, rng, cfg, rank=0, fsdp=Fal
         torch.save(moments, f"{d}/optim.pt")
         json.dump({"stage": stage, "step": step, "config": asdict(cfg),
                    "rng.python": rng.getstate()}, open(f"{d}/state.json", "w"))
-    M.atomic_save_dir(path, write)
+    atomic_save_dir(path, write)
 
 
 def load_checkpoint(path, modules, opts, rng, fsdp=False):
@@ -62,6 +86,7 @@ def load_checkpoint(path, modules, opts, rng, fsdp=False):
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict)
     full = StateDictOptions(full_state_dict=True)
+    recover(path)
     w = load_file(f"{path}/model.safetensors")
     for name, m in modules.items():
         sd = {k[len(name) + 1:]: v for k, v in w.items() if k.startswith(name + ".")}

@@ -3,20 +3,24 @@
     python train.py --config small --max_steps=800 --w_vlm=0.05
 
 Presets:
+  small  the small world with the shipped prior and judge, 2 CPU cores (the defaults below);
   tiny   random tiny small-world models, seconds on a CPU (tests);
-  small  the small world with the shipped prior and judge (2 CPU cores);
   base   SANA 600M 512 px + Qwen2.5-VL-3B (one 24-48 GB GPU);
   large  SANA 1.6B 512 px + Qwen2.5-VL-7B (80 GB, or several GPUs with FSDP).
 Real presets take `--tiny=True` to swap every model for a tiny random one of the same class.
+Every value is checked where it is parsed (RANGES): a bad one is a one-line error.
 """
+import math
 from dataclasses import dataclass, fields
 from functools import lru_cache
 
-METHODS = ("npedit", "sft", "grpo")  # sft and grpo are the ablation issue's baselines
+METHODS = ("npedit", "sft", "grpo")  # NP-Edit, and the two baselines of baselines.py
 
 
 @dataclass
 class Config:
+    """The defaults are the `small` preset; the real presets carry the values of the paper's
+    reimplementation (docs/method.md, "Hyperparameters")."""
     kind: str = "small"                  # "small": the procedural world; "real": SANA + Qwen2.5-VL
     prior: str = "assets/small/prior"    # text-to-image model: folder, hub id, or "random" (tiny)
     judge: str = "assets/small/judge"    # VLM judge: folder, hub id, or "random" (tiny)
@@ -28,24 +32,24 @@ class Config:
     out_dir: str = ""                    # default out/<config>
     seed: int = 0
     method: str = "npedit"               # npedit | sft (true pairs) | grpo (Flow-GRPO reward)
-    batch_size: int = 16
-    warmup_steps: int = 300              # identity warm-up ("learn to copy") steps
+    batch_size: int = 8
+    warmup_steps: int = 200              # identity warm-up ("learn to copy") steps
     warmup_lr: float = 1e-3
     warmup_prompt: str = "caption"       # warm-up prompt: "caption" of y (paper) | "instruction"
-    max_steps: int = 600                 # generator steps after the warm-up
-    lr: float = 2e-4                     # generator
-    cosine: bool = False                 # decay the generator lr to 0 over max_steps (cosine)
-    decay_steps: int = 0                 # cosine: hold the lr, decay over the last N (0: all)
-    fake_lr: float = 2e-4                # fake score
+    max_steps: int = 2800                # generator steps after the warm-up
+    lr: float = 5e-4                     # generator
+    cosine: bool = True                  # decay the generator lr to 0 (cosine)
+    decay_steps: int = 1600              # cosine: hold the lr, decay over the last N (0: all)
+    fake_lr: float = 1e-3                # fake score
     beta1: float = 0.0                   # AdamW betas (0, 0.9), as the reimplementation
     beta2: float = 0.9
-    n_aux: int = 5                       # fake-score updates per generator step
-    w_vlm: float = 1.0
-    w_dmd: float = 1.0
+    n_aux: int = 1                       # N_aux: fake-score updates per generator step
+    w_vlm: float = 0.02                  # weight of L_vlm (the reimplementation's 0.02)
+    w_dmd: float = 1.0                   # weight of L_dmd
     cfg: float = 3.0                     # real score CFG scale
     cfg_by_type: str = ""                # per edit type, e.g. "add=8,color=5" (others: cfg)
-    type_mix: str = ""                   # small world: edit-type weights, e.g. "add=2" (others 1)
-    dmd_t_min: float = 0.02              # DMD's t ~ U[dmd_t_min, 0.98] (method.md: 0.02)
+    type_mix: str = "add=2"              # small world: edit-type weights, e.g. "add=2" (others 1)
+    dmd_t_min: float = 0.02              # DMD's t ~ U[dmd_t_min, 0.98]
     p_nothing: float = 0.01              # "do nothing" samples with an MSE(x0, y) term
     max_k: int = 4                       # unroll: k ~ U{1..max_k} of the 4-step schedule
     shift: float = 1.0                   # time shift of the 4-step schedule
@@ -69,32 +73,78 @@ class Config:
     threads: int = 0                     # torch CPU threads (0: torch's default)
 
 
+# Allowed values of every numeric option: "count1" >= 1, "count0" >= 0, "rate" finite and > 0,
+# "weight" finite and >= 0, "prob" in [0, 1], "beta" (Adam's) in [0, 1).
+RANGES = {"resolution": "count1", "judge_size": "count1", "seed": "count0", "batch_size": "count1",
+          "warmup_steps": "count0", "warmup_lr": "rate", "max_steps": "count0", "lr": "rate",
+          "decay_steps": "count0", "fake_lr": "rate", "beta1": "beta", "beta2": "beta",
+          "n_aux": "count0", "w_vlm": "weight", "w_dmd": "weight", "cfg": "weight",
+          "dmd_t_min": "prob", "p_nothing": "prob", "max_k": "count1", "shift": "rate",
+          "vlm_temp_ramp": "count0", "group_size": "count1", "kl_coef": "weight",
+          "ema": "prob", "grad_clip": "rate", "skip_grad_norm": "rate", "lora_rank": "count0",
+          "log_every": "count1", "grid_every": "count1", "ckpt_every": "count1",
+          "eval_n": "count0", "eval_every": "count0", "threads": "count0"}
+ALLOWED = {"count1": (lambda v: v >= 1, "an integer >= 1"),
+           "count0": (lambda v: v >= 0, "an integer >= 0"),
+           "rate": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+           "weight": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+           "prob": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+           "beta": (lambda v: 0 <= v < 1, "a number in [0, 1)")}
+
 _REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, warmup_steps=5000,
-             warmup_lr=2e-5, max_steps=14000, lr=2e-5, fake_lr=2e-5, n_aux=5, w_vlm=0.02,
-             cfg=3.5, shift=6.0, vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True, eval_n=0,
-             log_every=10, grid_every=500, ckpt_every=500)
+             warmup_lr=2e-5, max_steps=14000, lr=2e-5, cosine=False, decay_steps=0,
+             fake_lr=2e-5, n_aux=5, w_vlm=0.02, cfg=3.5, type_mix="", shift=6.0,
+             vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True, eval_n=0, log_every=10,
+             grid_every=500, ckpt_every=500)
 PRESETS = {
+    # the shipped prior and judge, 2 CPU cores; measured in README.md ("Results"): seed 0 alone
+    # 13 min 51 s, success 0.796, preservation 0.962, realism 0.942
+    "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,
-                 n_aux=2, log_every=1, grid_every=2, ckpt_every=2, eval_n=10),
-    # the shipped 4-layer prior and the judge; 2 CPU cores (README, NP-Edit training, session 9):
-    # additions drawn twice as often, one fake update a step, the lr held for 1,200 steps then
-    # cosine-annealed over 1,600, one CFG scale (3) for every edit type. Seed 0, `time python
-    # train.py --config small` alone: success 0.796, preservation 0.962, realism 0.942, every
-    # type >= 0.66, in 13 min 51 s. Seeds 0/1/2, one thread each beside another run: success
-    # 0.788 / 0.814 / 0.790, realism 0.924 / 0.942 / 0.942. Session 7's preset (6-layer prior,
-    # `--prior=assets/small/prior --max_steps=2300 --decay_steps=1300 --cfg_by_type=add=4.5`):
-    # realism 0.908-0.936 on three seeds, 14 min 20 s - 17 min 17 s alone.
-    "small": dict(prior="assets/small/prior4", warmup_steps=200, max_steps=2800,
-                  decay_steps=1600, batch_size=8, cosine=True, n_aux=1, w_vlm=0.02, lr=5e-4,
-                  fake_lr=1e-3, type_mix="add=2"),
-    # real presets: the reimplementation's hyperparameters (method.md); timed at their published
-    # sizes with random weights on one H200 (README, Benchmark); never run on real weights
+                 lr=2e-4, fake_lr=2e-4, cosine=False, decay_steps=0, n_aux=2, w_vlm=1.0,
+                 type_mix="", log_every=1, grid_every=2, ckpt_every=2, eval_n=10),
+    # real presets: the reimplementation's hyperparameters (docs/method.md); timed at their
+    # published sizes with random weights on one H200 (docs/log.md, "GPU"); never run on real
+    # weights
     "base": dict(_REAL, prior="Efficient-Large-Model/Sana_600M_512px_diffusers",
                  judge="Qwen/Qwen2.5-VL-3B-Instruct"),
     "large": dict(_REAL, prior="Efficient-Large-Model/Sana_1600M_512px_diffusers",
                   judge="Qwen/Qwen2.5-VL-7B-Instruct", fsdp=True),
 }
+
+
+def check(cfg):
+    """Every value in its range (RANGES) and every choice known, or a one-line SystemExit."""
+    for k, kind in RANGES.items():
+        v = getattr(cfg, k)
+        ok, allowed = ALLOWED[kind]
+        if not ok(v):
+            raise SystemExit(f"error: --{k} must be {allowed}, got {v!r}")
+    if cfg.warmup_prompt not in ("caption", "instruction"):
+        raise SystemExit(f"error: --warmup_prompt must be caption or instruction, got "
+                         f"{cfg.warmup_prompt!r}")
+    if cfg.method not in METHODS:
+        raise SystemExit(f"error: --method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    if cfg.method == "grpo" and cfg.batch_size % cfg.group_size:
+        raise SystemExit(f"error: --batch_size ({cfg.batch_size}) must be a multiple of "
+                         f"--group_size ({cfg.group_size})")
+    for key in ("cfg_by_type", "type_mix"):
+        try:
+            per = per_type(getattr(cfg, key))
+        except ValueError as e:
+            raise SystemExit(f"error: --{key}: {e}")
+        if cfg.kind == "small":  # real data names its own types; the small world has five
+            from toyworld import EDIT_TYPES
+            bad = [k for k in per if k not in EDIT_TYPES]
+            if bad:
+                raise SystemExit(f"error: --{key}: unknown edit type {bad[0]!r}; known: "
+                                 f"{', '.join(EDIT_TYPES)}")
+    w = type_weights(cfg)
+    if w and (min(w) < 0 or not any(w) or not all(map(math.isfinite, w))):
+        raise SystemExit(f"error: --type_mix: weights must be finite and >= 0, not all 0, got "
+                         f"{cfg.type_mix!r}")
+    return cfg
 
 
 def parse_args(argv):
@@ -125,35 +175,17 @@ def parse_args(argv):
                 over[k] = typ(v)
         except ValueError:
             raise SystemExit(f"error: --{k} wants a {typ.__name__}, got {v!r}")
+        if typ is float and not math.isfinite(over[k]):
+            raise SystemExit(f"error: --{k} must be a finite number, got {v!r}")
     if name not in PRESETS:
         raise SystemExit(f"error: unknown config {name!r}; choose from {', '.join(PRESETS)}")
     cfg = Config(**{**PRESETS[name], **over})
-    if cfg.warmup_prompt not in ("caption", "instruction"):
-        raise SystemExit(f"error: --warmup_prompt must be caption or instruction, got "
-                         f"{cfg.warmup_prompt!r}")
-    if cfg.method not in METHODS:
-        raise SystemExit(f"error: --method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
-    for key in ("cfg_by_type", "type_mix"):
-        try:
-            per = per_type(getattr(cfg, key))
-        except ValueError as e:
-            raise SystemExit(f"error: --{key}: {e}")
-        if cfg.kind == "small":  # real data names its own types; the small world has five
-            from toyworld import EDIT_TYPES
-            bad = [k for k in per if k not in EDIT_TYPES]
-            if bad:
-                raise SystemExit(f"error: --{key}: unknown edit type {bad[0]!r}; known: "
-                                 f"{', '.join(EDIT_TYPES)}")
-    w = type_weights(cfg)
-    if w and (min(w) < 0 or not any(w)):
-        raise SystemExit(f"error: --type_mix: weights must be >= 0, not all 0, got "
-                         f"{cfg.type_mix!r}")
     if cfg.tiny and cfg.kind == "real":  # tiny twins: small images, few steps, no downloads
         cfg = Config(**{**PRESETS[name], "batch_size": 2, "warmup_steps": 1, "max_steps": 2,
                         "n_aux": 1, "judge_size": 56, "log_every": 1, "grid_every": 1,
                         "ckpt_every": 1, "lr": 1e-4, "fake_lr": 1e-4, "warmup_lr": 1e-4, **over})
     cfg.out_dir = cfg.out_dir or f"out/{name}"
-    return name, cfg
+    return name, check(cfg)
 
 
 @lru_cache(maxsize=None)
@@ -173,7 +205,7 @@ def per_type(spec):
 
 def cfg_scales(cfg, types):
     """The real score's CFG scale for each edit type in types: its cfg_by_type entry, else cfg.cfg
-    (the issue allows a scale per edit type)."""
+    (the reimplementation uses two scales by edit type, docs/method.md)."""
     per = per_type(cfg.cfg_by_type)
     return [per.get(t, cfg.cfg) for t in types]
 

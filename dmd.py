@@ -1,4 +1,4 @@
-"""Distribution matching distillation (DMD), NP-Edit's second loss (../shared/method.md).
+"""Distribution matching distillation (DMD), NP-Edit's second loss (docs/method.md, "Loss 2: DMD").
 
 Two copies of the pretrained text-to-image prior, both conditioned on the caption of the *edited*
 image c_x (never on the reference image):
@@ -28,26 +28,26 @@ def real_velocity(real_score, x_t, t, text, mask, null_text, null_mask, cfg):
     return v_u + cfg * (v_c - v_u)
 
 
-def dmd_loss(x, real_v, fake_v, t_min=0.02, t_max=0.98, generator=None):
+def dmd_loss(x, real_v, fake_v, t_min=0.02, t_max=0.98, rng=None):
     """L_dmd at generated images x (B, C, H, W). real_v, fake_v: callables (x_t, t) -> velocity.
     Everything but the last line runs without grad and in fp32: the gradient is a small
     difference of two large denoised estimates, which bf16 would drown."""
     with torch.no_grad():
         x32 = x.detach().float()
-        t = torch.rand(x.shape[0], generator=generator, device=x.device) * (t_max - t_min) + t_min
-        eps = torch.randn(x32.shape, generator=generator, device=x.device)
+        t = torch.rand(x.shape[0], generator=rng, device=x.device) * (t_max - t_min) + t_min
+        eps = torch.randn(x32.shape, generator=rng, device=x.device)
         x_t = add_noise(x32, eps, t)
-        x0_real = x0_from_v(x_t, real_v(x_t, t).float(), t)  # v -> x0 explicitly (method.md)
+        x0_real = x0_from_v(x_t, real_v(x_t, t).float(), t)  # v -> x0 explicitly (docs/method.md)
         x0_fake = x0_from_v(x_t, fake_v(x_t, t).float(), t)
         norm = (x32 - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
         grad = torch.nan_to_num(((x32 - x0_real) - (x32 - x0_fake)) / norm)
     return 0.5 * F.mse_loss(x.float(), (x32 - grad).detach(), reduction="mean")
 
 
-def fake_score_loss(fake_score, x, text, mask, generator=None):
+def fake_score_loss(fake_score, x, text, mask, rng=None):
     """Flow matching of the fake score on detached generator outputs x:
     || v_phi(x_t, t, c_x) - (eps - x) ||^2 with t ~ U[0, 1]."""
     x = x.detach()
-    t = torch.rand(x.shape[0], generator=generator, device=x.device)
-    eps = torch.randn(x.shape, generator=generator, device=x.device)
+    t = torch.rand(x.shape[0], generator=rng, device=x.device)
+    eps = torch.randn(x.shape, generator=rng, device=x.device)
     return F.mse_loss(velocity(fake_score, add_noise(x, eps, t), t, text, mask), eps - x)

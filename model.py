@@ -1,11 +1,12 @@
-"""The text-to-image prior and (issue 4) the generator built from it.
+"""The text-to-image prior and the generator G_theta built from it, with its few-step sampler and
+its training-time unroll (docs/method.md, "The generator" and "The unroll").
 
-Rectified flow, as in ../shared/method.md: x_t = (1 - t) x0 + t eps, t in [0, 1] (t = 1 is pure
+Rectified flow (docs/method.md, "Notation"): x_t = (1 - t) x0 + t eps, t in [0, 1] (t = 1 is pure
 noise); the network predicts the velocity v = eps - x0, so x0 = x_t - t v.
 
 The prior is a diffusers SanaTransformer2DModel (the class of the real SANA presets) plus a text
 encoder. In the small world it is tiny and pixel-space (32x32x3, no VAE, patch 4 -> 64 tokens),
-with three changes that ../shared/spikes.md found necessary for objects to land in the right cell:
+with three changes that docs/log.md ("The prior") found necessary for objects to land in the right cell:
   - softmax self-attention (diffusers' AttnProcessor2_0) instead of Sana's linear attention,
     cheap at 64 tokens;
   - sin-cos absolute position embeddings (interpolation_scale=1);
@@ -32,9 +33,9 @@ def x0_from_v(x_t, v, t):
     return x_t - t.view(-1, *([1] * (x_t.ndim - 1))) * v
 
 
-def logit_normal_t(n, generator=None, device="cpu"):
+def logit_normal_t(n, rng=None, device="cpu"):
     """t = sigmoid(N(0, 1)): SD3's logit-normal training distribution, denser mid-way."""
-    return torch.sigmoid(torch.randn(n, generator=generator, device=device))
+    return torch.sigmoid(torch.randn(n, generator=rng, device=device))
 
 
 # ----------------------------------------------------------------------------- the prior
@@ -80,19 +81,6 @@ def small_prior(path):
     return (*tiny_prior(len(tok), width=32, layers=1, text_width=32, text_layers=1), tok)
 
 
-def atomic_save_dir(path, write):
-    """write(tmp_dir), then swap it into place, so a kill never leaves a half-written folder."""
-    import os
-    import shutil
-    tmp, old = path + ".tmp", path + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if os.path.exists(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_prior(path, transformer, text_encoder, tokenizer):
     transformer.save_pretrained(f"{path}/transformer")
     text_encoder.save_pretrained(f"{path}/text_encoder")
@@ -125,10 +113,10 @@ def velocity(transformer, x_t, t, text, mask):
                        timestep=t * 1000, return_dict=False)[0]
 
 
-def flow_matching_loss(transformer, x0, text, mask, generator=None):
+def flow_matching_loss(transformer, x0, text, mask, rng=None):
     """Rectified-flow training loss: || v_hat(x_t, t) - (eps - x0) ||^2, t logit-normal."""
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device)
-    t = logit_normal_t(x0.shape[0], generator, x0.device)
+    eps = torch.randn(x0.shape, generator=rng, device=x0.device)
+    t = logit_normal_t(x0.shape[0], rng, x0.device)
     return F.mse_loss(velocity(transformer, add_noise(x0, eps, t), t, text, mask), eps - x0)
 
 
@@ -236,35 +224,64 @@ def sample_edit(generator, reference, instructions, steps=(1.0, 0.75, 0.5, 0.25)
     return x0.clamp(-1, 1) if clamp else x0
 
 
-def unroll(generator, reference, ids, mask, k, steps=(1.0, 0.75, 0.5, 0.25), shift=1.0,
-           generator_rng=None):
-    """The training-time unroll (method.md), with gradients through every step:
+def unroll(generator, reference, ids, mask, k, steps=(1.0, 0.75, 0.5, 0.25), shift=1.0, rng=None):
+    """The training-time unroll (docs/method.md, "The unroll"), with gradients through every step:
       x0' = eps - G(eps, t=1)            one step from pure noise;
       if k > 1: x_tk = (1 - t_k) x0' + t_k eps',  x0 = x_tk - t_k G(x_tk, t_k).
     k = 1 is the single step t=1 -> 0. Returns x0 (B, 3, H, W)."""
     B, dev = reference.shape[0], reference.device
     ts = shifted(steps, shift).tolist()
-    eps = torch.randn(reference.shape, generator=generator_rng).to(dev)
+    eps = torch.randn(reference.shape, generator=rng).to(dev)
     one = torch.ones(B, device=dev)
     x0 = eps - generator(eps, one, reference, ids, mask)
     if k > 1:
         tk = torch.full((B,), ts[k - 1], device=dev)
-        x_tk = add_noise(x0, torch.randn(reference.shape, generator=generator_rng).to(dev), tk)
+        x_tk = add_noise(x0, torch.randn(reference.shape, generator=rng).to(dev), tk)
         x0 = x0_from_v(x_tk, generator(x_tk, tk, reference, ids, mask), tk)
     return x0
 
 
-def identity_loss(generator, reference, ids, mask, steps=(1.0, 0.75, 0.5, 0.25), shift=1.0,
-                  generator_rng=None, target=None):
-    """Warm-up ("learn to copy"): flow matching whose target image is the reference itself.
-    t ~ U[0, 1], half of it on the few-step schedule's own t (t = 1 above all), which the
-    sampler and the unroll visit and a logit-normal t would almost never draw. The SFT baseline
-    of the ablation issue passes the true edited image as target (the only use of pairs)."""
+def edit_flow_loss(generator, reference, target, ids, mask, steps=(1.0, 0.75, 0.5, 0.25),
+                   shift=1.0, rng=None):
+    """Flow matching of the editor towards a given target image, conditioned on (y, c):
+    || G(x_t, t | y, c) - (eps - target) ||^2, x_t = (1 - t) target + t eps. t ~ U[0, 1], half of
+    it on the few-step schedule's own t (t = 1 above all), which the sampler and the unroll visit
+    and a logit-normal t would almost never draw. Two uses: the identity warm-up, whose target is
+    the reference itself (identity_loss), and the SFT baseline on true pairs (baselines.py), the
+    only place in the repo where a target image reaches the editor."""
     B = reference.shape[0]
-    target = reference if target is None else target
-    eps = torch.randn(reference.shape, generator=generator_rng).to(reference.device)
-    sched = shifted(steps, shift)[torch.randint(len(steps), (B,), generator=generator_rng)]
-    t = torch.where(torch.rand(B, generator=generator_rng) < 0.5, sched,
-                    torch.rand(B, generator=generator_rng)).to(reference.device)
+    eps = torch.randn(reference.shape, generator=rng).to(reference.device)
+    sched = shifted(steps, shift)[torch.randint(len(steps), (B,), generator=rng)]
+    t = torch.where(torch.rand(B, generator=rng) < 0.5, sched,
+                    torch.rand(B, generator=rng)).to(reference.device)
     v = generator(add_noise(target, eps, t), t, reference, ids, mask)
     return F.mse_loss(v, eps - target)
+
+
+def identity_loss(generator, reference, ids, mask, shift=1.0, rng=None):
+    """The warm-up ("learn to copy", docs/method.md "Warm-up"): edit_flow_loss whose target is the
+    reference y itself, so G starts as an editor that returns its input."""
+    return edit_flow_loss(generator, reference, reference, ids, mask, shift=shift, rng=rng)
+
+
+def add_lora(transformer, rank):
+    """LoRA (peft) on the attention and feed-forward projections of a Sana transformer (real
+    presets, --lora_rank); the patch embedding, whose reference channels start at zero, stays
+    fully trainable."""
+    from peft import LoraConfig
+    transformer.requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                       target_modules=["to_q", "to_k", "to_v", "to_out.0",
+                                                       "conv_inverted", "conv_point"]))
+    transformer.patch_embed.requires_grad_(True)
+
+
+def editor_fn(generator, device, shift):
+    """-> edit(PIL references, instructions) -> uint8 images: the small world's editor as
+    toyworld.evaluate calls it."""
+    from toyworld import to_tensor, to_uint8
+
+    def edit(refs, instructions):
+        return list(to_uint8(sample_edit(generator, to_tensor(refs).to(device), instructions,
+                                         shift=shift)))
+    return edit

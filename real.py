@@ -6,7 +6,8 @@ the prior, and a transformers Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration) as
   load_text_to_image, load_vlm   the models, by hub id or local folder;
   TextCache                      the frozen text encoder with a per-prompt memo;
   read_jsonl, load_image         the training data: images plus instruction and edited caption;
-  vae_encode, vae_decode         pixels <-> latents (decode keeps the graph: L_vlm reads pixels).
+  vae_encode, vae_decode         pixels <-> latents (decode keeps the graph: L_vlm reads pixels);
+  load_real_editor, editor_fn    a trained run's editor for inference (sample.py, eval.py).
 
 Every model also has a tiny twin (tiny=True): the SAME class built from a small config with
 random weights, nothing downloaded, so the whole real code path runs and is tested
@@ -23,13 +24,21 @@ from PIL import Image, ImageOps
 from transformers import (AutoProcessor, AutoTokenizer, Gemma2Config, Gemma2Model,
                           Qwen2_5_VLForConditionalGeneration)
 
-import judge_data
 import toyworld
 import vlm_reward
 
 # words the tiny text encoder knows besides the small world's (any other word maps to [UNK])
 TINY_WORDS = ("photo of with in front behind her his their man woman dog cat car tree house sky "
               "hat sun replace sunset snow style painting add remove").split()
+
+
+def quiet():
+    """Silence the per-load progress bars of transformers and diffusers ("Loading weights"),
+    which scripts that only load models print on stderr; warnings and errors still show."""
+    import diffusers
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
 
 
 def _fail(path, key, err):
@@ -154,6 +163,46 @@ def vae_decode(vae, latents):
     return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
 
 
+def load_real_editor(cfg, device="cpu", prior=None, ema=None, exported=None):
+    """A real preset's trained editor, for inference -> (generator, vae), frozen, on device.
+
+    The frozen models come from the run's base model: `prior` (a local copy) or cfg.prior; a
+    tiny run's twins are rebuilt from cfg.seed, the seed train.py sets right before building
+    them, so they are the very weights it trained with. The transformer is either a run's EMA
+    (ema: its state dict, Generator keys) put into the generator built as in training, LoRA
+    adapters included (cfg.lora_rank) and then merged into the weights, or an export.py folder
+    (exported: a SanaTransformer2DModel with the doubled in_channels, LoRA already merged)."""
+    with torch.random.fork_rng():  # (the caller's RNG stream is left as it was)
+        torch.manual_seed(cfg.seed)
+        transformer, vae, text_encoder, tok = load_text_to_image(
+            prior or cfg.prior, cfg.tiny, cfg.resolution, key="prior")
+    cache = TextCache(text_encoder.to(device), tok)
+    if exported:
+        generator = M.Generator(SanaTransformer2DModel.from_pretrained(exported), None, tok, cache)
+    else:
+        generator = M.Generator.from_prior(transformer, None, tok, text_cache=cache)
+        if cfg.lora_rank:
+            M.add_lora(generator.transformer, cfg.lora_rank)
+        generator.load_state_dict(ema)  # RuntimeError when the run does not fit its preset
+        if cfg.lora_rank:  # W + B A into W, then drop the adapters: a plain Sana transformer
+            generator.transformer.fuse_lora()
+            generator.transformer.unload_lora()
+    return (generator.to(device).eval().requires_grad_(False),
+            vae.to(device).eval().requires_grad_(False))
+
+
+def editor_fn(generator, vae, device, shift):
+    """-> edit(PIL references at the run's resolution, instructions) -> uint8 images: encode the
+    reference, the 4-step sampler on latents (model.sample_edit, unclamped: latents are not in
+    [-1, 1]), decode. The latent twin of model.editor_fn."""
+    def edit(refs, instructions):
+        z = vae_encode(vae, toyworld.to_tensor(refs).to(device))
+        x = M.sample_edit(generator, z, instructions, shift=shift, clamp=False)
+        with torch.no_grad():
+            return list(toyworld.to_uint8(vae_decode(vae, x)))
+    return edit
+
+
 class TextCache:
     """The frozen text encoder and its tokenizer, with a memo: prompt -> (hidden (L, D), mask (L,))
     stored on `device` (default CPU), so each caption or instruction is encoded once per run.
@@ -209,13 +258,13 @@ def load_vlm(path, tiny=False, image_size=448, dtype=torch.float32, key="vlm",
     and merge 2, asked at 56 px (4 merged tokens; image_size is ignored), with the small
     world's judge tokenizer (which has Qwen's chat tokens; its answers are "yes"/"no")."""
     if tiny:
-        tokenizer = judge_data.judge_tokenizer()
+        tokenizer = vlm_reward.judge_tokenizer()
         cfg = vlm_reward.tiny_judge_config(tokenizer, vision_width=32, text_width=64,
                                            text_layers=2, patch_size=14, window_size=112)
         vlm = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype)
         return vlm_reward.Judge(vlm.eval().requires_grad_(False), tokenizer, image_size=56)
     if random_weights:  # Qwen2.5-VL's published vision tower and the text size QWEN_SIZES names
-        tokenizer = judge_data.judge_tokenizer()
+        tokenizer = vlm_reward.judge_tokenizer()
         cfg = vlm_reward.tiny_judge_config(
             tokenizer, vision_width=1280, patch_size=14, window_size=112, vision_depth=32,
             vision_heads=16, vision_intermediate=3420, fullatt=(7, 15, 23, 31),

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import eval as E
-import judge_data as J
 import toyworld as tw
 import vlm_reward as V
 
@@ -45,7 +44,7 @@ def test_viescore_and_aggregation_with_fixed_judge_replies():
 
 def test_tiny_random_vlm_runs_the_protocol(tmp_path):
     torch.manual_seed(0)
-    tok = J.judge_tokenizer()
+    tok = V.judge_tokenizer()
     vlm = V.Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(tok, 32, 32, 1)).eval()
     judge_fn = E.vlm_reward_judge(V.Judge(vlm, tok), max_new_tokens=4)
     img = tw.render(tw.Scene("gray", (("red", "circle"), None, None, None))).resize((64, 48))

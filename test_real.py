@@ -10,7 +10,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import judge_data as J  # noqa: E402
 import real  # noqa: E402
 import vlm_reward as V  # noqa: E402
 
@@ -129,7 +128,7 @@ def test_the_real_loaders_read_a_saved_folder(t2i, judge, tmp_path):
                                           zip(a.state_dict().values(), b.state_dict().values()))
     assert loaded[3]("add a hat").input_ids == t2i[3]("add a hat").input_ids
 
-    tok = J.judge_tokenizer()
+    tok = V.judge_tokenizer()
     judge.vlm.save_pretrained(tmp_path / "vlm")
     tok.save_pretrained(tmp_path / "vlm")
     with pytest.raises(SystemExit, match="'Yes' is not one token"):  # real Qwen: "Yes", "No"

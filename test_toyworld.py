@@ -18,7 +18,8 @@ def test_every_edited_caption_is_the_caption_of_the_edited_scene():
     rng = random.Random(1)
     for k in range(2000):
         e = tw.random_edit(rng, "all", (tw.EDIT_TYPES + ("none",))[k % 6])
-        assert e.edited_caption == tw.caption(e.target)
+        assert e.edited_caption == tw.prompt(e.target) and e.caption == tw.prompt(e.reference)
+        assert (e.object is not None) == (e.type == "remove")
         assert e.instruction.strip()
         assert (e.type == "none") == (e.target == e.reference)
         changed = {x for x in ("bg", 0, 1, 2, 3)
@@ -78,7 +79,7 @@ def test_tokenizer_covers_every_instruction_and_prompt():
     rng = random.Random(4)
     for _ in range(500):
         e = tw.random_edit(rng, "all")
-        for text in (e.instruction, tw.prompt(e.target), e.edited_caption):
+        for text in (e.instruction, e.caption, e.edited_caption, tw.sentence(e.target)):
             assert tok.unk_token_id not in tok(text).input_ids, text
 
 

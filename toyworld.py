@@ -2,7 +2,7 @@
 
 A scene is a background colour plus a 2x2 grid of 16 px cells, each empty or holding one object
 (a colour and a shape, drawn ~12 px large). Every training sample of NP-Edit,
-(reference y, instruction c, caption c_y, edited caption c_x) in ../shared/method.md, is drawn
+(reference y, instruction c, caption c_y, edited caption c_x) in docs/method.md, is drawn
 from here, and because the world is procedural the target scene is known exactly, so an oracle
 can score every edit (success, preservation, realism) without a human or a VLM.
 
@@ -62,16 +62,23 @@ class Scene:
 
 @dataclass(frozen=True)
 class Edit:
-    """An edit of a reference scene: the instruction c, the target scene and its caption c_x."""
+    """An edit of a reference scene y: the instruction c and the target scene (which only the
+    oracle, the judge's pretraining and the SFT baseline ever see); caption c_y and edited
+    caption c_x are the prior's text for y and for the target."""
     type: str          # one of EDIT_TYPES or "none"
     instruction: str
     reference: Scene
     target: Scene
     touched: tuple     # scene elements the instruction may change: "bg" and/or cell indices
+    object: str = None  # a removal's object, as the instruction names it
 
     @property
-    def edited_caption(self):
-        return caption(self.target)
+    def caption(self):  # c_y
+        return prompt(self.reference)
+
+    @property
+    def edited_caption(self):  # c_x, what the real and fake scores are conditioned on
+        return prompt(self.target)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -120,17 +127,18 @@ def _name(obj):
     return f"{obj[0]} {obj[1]}"
 
 
-def caption(scene):
-    """Natural caption: 'a red circle at top left and a blue square at bottom right on a white
+def sentence(scene):
+    """The scene as a sentence: 'a red circle at top left and a blue square at bottom right on a white
     background' (objects in CELLS order, so every scene has exactly one caption)."""
     objs = [f"a {_name(o)} at {CELLS[i]}" for i, o in scene.objects()]
     return (" and ".join(objs) if objs else "nothing") + f" on a {scene.bg} background"
 
 
 def prompt(scene, rng=None):
-    """The prior's text condition: the same content with a fixed cell order and the same number of
-    words per cell, so token position names the cell ('top left red circle . top right empty
-    cell . ...'). ../shared/spikes.md: this, with a bidirectional encoder, fixed object binding.
+    """The prior's text condition, c_y and c_x: the content of sentence() with a fixed cell order
+    and the same number of words per cell, so token position names the cell ('top left red
+    circle . top right empty cell . ...'); with a bidirectional encoder this fixed object binding
+    (docs/log.md, "The prior").
     With rng, the four cell segments come in a random order, so only the words name the cell
     (pretrain.py --shuffle: a prior that reads "top right" as a place, as an editor must)."""
     parts = [f"{CELLS[i]} {_name(c) if c else 'empty cell'}" for i, c in enumerate(scene.cells)]
@@ -222,7 +230,7 @@ def apply_edit(scene, type, cell=None, color=None, shape=None, bg=None, phrasing
     obj, name = cells[cell], _ref(scene, cell)
     if type == "remove":
         cells[cell] = None
-        text = t.format(obj=name)
+        return Edit(type, t.format(obj=name), scene, Scene(scene.bg, tuple(cells)), (cell,), name)
     elif type == "color":
         if color == obj[0]:
             raise ValueError(f"the object is already {color}")
@@ -394,6 +402,6 @@ if __name__ == "__main__":
     rng = random.Random(0)
     edits = [random_edit(rng, "all", EDIT_TYPES[k % 5]) for k in range(16)]
     for e in edits:
-        print(f"{e.type:10s} {e.instruction:45s} | {caption(e.reference)} -> {e.edited_caption}")
+        print(f"{e.type:10s} {e.instruction:45s} | {e.caption} -> {e.edited_caption}")
     grid([[render(e.reference) for e in edits], [render(e.target) for e in edits]]).save(
         "toyworld_examples.png")

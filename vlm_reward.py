@@ -1,4 +1,5 @@
-"""The VLM judge and NP-Edit's first loss: differentiable yes/no answers (../shared/method.md).
+"""The VLM judge and NP-Edit's first loss: differentiable yes/no answers (docs/method.md,
+"Loss 1: VLM yes/no feedback").
 
 The judge is a transformers Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration), the family of the
 real presets; in the small world a tiny one pretrained by `pretrain.py judge`. Everything on the
@@ -11,8 +12,9 @@ Questions (reference image first, candidate second), expected answer "yes" unles
   edit verification: EDIT_Q.format(instruction=c)
   identity:          SAME_Q.format(instruction=c)
   removal:           HAS_Q.format(object=o) on the candidate alone, expected "no"; its identity
-                     question says to ignore that object (SAME_REMOVE_Q).
-Loss (method.md, "Loss 1"): with l_yes, l_no the answer-position logits,
+                     question says to ignore that object (SAME_REMOVE_Q). The edit type picks
+                     this form; o is the removed object as the instruction names it.
+Loss (docs/method.md, eq. for L_vlm): with l_yes, l_no the answer-position logits,
   p(answer) = sigmoid(l_answer - l_other),  L_vlm = mean over questions of -log p(answer),
 or, for the ablation, full-vocabulary cross-entropy on the answer token.
 """
@@ -45,7 +47,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def removed_object(instruction):
-    """'remove the red circle at top left' -> 'red circle at top left'; None if not a removal."""
+    """'remove the red circle at top left' -> 'red circle at top left': the removed object of a
+    removal whose data names none (real JSONL rows without an "object" field); None if the
+    instruction does not start with a removal verb."""
     m = re.match(REMOVE_VERBS, instruction.strip().lower())
     return instruction.strip()[m.end():].strip(" .") if m else None
 
@@ -56,7 +60,7 @@ def tiny_judge_config(tokenizer, vision_width=96, text_width=128, text_layers=4,
                       window_size=32, vision_depth=2, vision_heads=4, vision_intermediate=None,
                       fullatt=None, heads=4, kv_heads=2, intermediate=None, rope_theta=1e4):
     """A small-world Qwen2.5-VL: vision patch 8 + merge 2, so each merged visual token of a
-    32x32 image is one 16 px cell of the world (../shared/spikes.md). The other arguments build
+    32x32 image is one 16 px cell of the world (docs/log.md, "The judge"). The other arguments build
     the real presets' tiny twins and (real.QWEN_SIZES) the published sizes."""
     ids = tokenizer.convert_tokens_to_ids
     half = text_width // heads // 2  # rotary half-dim per head; M-RoPE splits it over (t, h, w)
@@ -166,6 +170,18 @@ class Judge:
         return ans[:, self.yes_id] - ans[:, self.no_id], ans
 
 
+def judge_tokenizer(extra_words=()):
+    """The small world's word-level tokenizer plus Qwen's chat tokens and the words of this file's
+    questions (extra_words: more, e.g. the judge's pretraining questions)."""
+    from toyworld import build_tokenizer
+    words = set(extra_words)
+    for q in (EDIT_Q, SAME_Q, SAME_REMOVE_Q, HAS_Q, "user assistant yes no"):  # + chat roles
+        words.update(w for w in q.split() if "{" not in w)
+    tok = build_tokenizer(extra_words=words, extra_special=SPECIAL)
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
 def load_judge(path, **kw):
     vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -177,7 +193,6 @@ def small_judge(path):
     for tests)."""
     if path != "random":
         return load_judge(path)
-    from judge_data import judge_tokenizer
     tok = judge_tokenizer()
     vlm = Qwen2_5_VLForConditionalGeneration(tiny_judge_config(tok, 32, 32, 1))
     return Judge(vlm.eval().requires_grad_(False), tok)
@@ -185,41 +200,57 @@ def small_judge(path):
 
 # ----------------------------------------------------------------------------- the loss
 
-def edit_questions(instruction):
-    """The paper's questions for one instruction: [(question, n_images, expected_yes)]."""
-    obj = removed_object(instruction)
-    if obj is not None:
+def edit_questions(instruction, type, obj=None):
+    """The paper's two questions for one edit: [(question, n_images, expected_yes)]. A removal
+    (type "remove") asks whether the edited image still has the object (obj: as the instruction
+    names it; default removed_object(instruction)), any other edit whether it was executed."""
+    if type == "remove":
+        obj = obj or removed_object(instruction) or instruction
         return [(HAS_Q.format(object=obj), 1, False), (SAME_REMOVE_Q.format(object=obj), 2, True)]
     return [(EDIT_Q.format(instruction=instruction), 2, True),
             (SAME_Q.format(instruction=instruction), 2, True)]
 
 
-def vlm_loss(judge, reference, edited, instructions, ref_features=None, temperature=1.0,
-             full_vocab=False, slots=(0, 1)):
-    """L_vlm = mean over samples and their two questions of -log sigmoid(+-(l_yes - l_no)),
-    i.e. binary cross-entropy on the yes/no logits (full_vocab=True: cross-entropy over the whole
-    vocabulary, the paper's ablation). reference, edited: (B, 3, H, W) in [-1, 1]; the reference
-    features are computed without grad (pass them in to reuse them across calls). slots: which
-    of the two questions to ask ((0,) drops the identity question, an ablation)."""
+def answer_logits(judge, reference, edited, instructions, types, objects=None, ref_features=None,
+                  slots=(0, 1)):
+    """Ask every sample its questions (edit_questions; slots picks which). -> a list of groups
+    (idx, d, full, want), one per (question slot, image count): the samples idx (B_g,) asked it,
+    d = l_yes - l_no (B_g,) and the full answer logits (B_g, V), both fp32, and the expected
+    answer want (B_g,) bool. The reference features are computed without grad."""
     if ref_features is None:
         with torch.no_grad():
             ref_features = judge.image_features(reference)
     cand = judge.image_features(edited)
-    losses = []
+    objects = objects or [None] * len(instructions)
+    questions = [edit_questions(c, t, o) for c, t, o in zip(instructions, types, objects)]
+    groups = []
     for slot in slots:  # the edit (0) and the identity (1) question of every sample
-        qs = [edit_questions(c)[slot] for c in instructions]
-        for n_img in (1, 2):
+        qs = [q[slot] for q in questions]
+        for n_img in (1, 2):  # removal's "does the image have <object>?" sees the edit alone
             idx = [b for b, q in enumerate(qs) if q[1] == n_img]
             if not idx:
                 continue
             i = torch.tensor(idx, device=cand.device)
             imgs = [cand[i]] if n_img == 1 else [ref_features[i], cand[i]]
             d, full = judge.answer_logits([qs[b][0] for b in idx], imgs)
-            want = torch.tensor([qs[b][2] for b in idx], device=d.device)
-            if full_vocab:
-                target = torch.where(want, judge.yes_id, judge.no_id)
-                losses.append(F.cross_entropy(full * temperature, target, reduction="none"))
-            else:
-                sign = want.float() * 2 - 1
-                losses.append(-F.logsigmoid(sign * d * temperature))
+            groups.append((i, d, full, torch.tensor([qs[b][2] for b in idx], device=d.device)))
+    return groups
+
+
+def vlm_loss(judge, reference, edited, instructions, types, objects=None, ref_features=None,
+             temperature=1.0, full_vocab=False, slots=(0, 1)):
+    """L_vlm = mean over samples and their two questions of -log sigmoid(+-(l_yes - l_no)),
+    i.e. binary cross-entropy on the yes/no logits (full_vocab=True: cross-entropy over the whole
+    vocabulary, the paper's ablation); temperature scales the logits (docs/method.md, the ramp).
+    reference, edited: (B, 3, H, W) in [-1, 1]; types: each sample's edit type; objects: each
+    removal's object (None: read off the instruction). slots: which of the two questions to ask
+    ((0,) drops the identity question, an ablation)."""
+    losses = []
+    for _, d, full, want in answer_logits(judge, reference, edited, instructions, types, objects,
+                                          ref_features, slots):
+        if full_vocab:
+            target = torch.where(want, judge.yes_id, judge.no_id)
+            losses.append(F.cross_entropy(full * temperature, target, reduction="none"))
+        else:
+            losses.append(-F.logsigmoid((want.float() * 2 - 1) * d * temperature))
     return torch.cat(losses).mean()

@@ -1,13 +1,18 @@
-"""Flow-GRPO, the RL baseline: the same VLM judge used as a scalar reward instead of a loss.
+"""The baselines NP-Edit is compared with (docs/method.md, "The paper's tables"), each a step
+function that train.py's loop calls in place of npedit_step:
+
+  sft_step   supervised flow matching on true (reference, instruction) -> target pairs: the
+             only place in the repo where a target image reaches the editor;
+  grpo_step  Flow-GRPO, the RL baseline: the same VLM judge used as a scalar reward.
 
 Flow-GRPO (Liu et al. 2025, "Flow-GRPO: Training Flow Matching Models via Online RL", arXiv
 2505.05470) trains a flow model with GRPO: sample a group of images per prompt, score them, and
 push up the log-probability of the sampling steps of the better-than-average ones. NP-Edit's
-paper compares against it with the same VLM (../shared/method.md: SFT + Flow-GRPO O 4.19 vs
-SFT + NP-Edit 6.06). Here it is pure functions that train.py calls, one update per step:
+paper compares against it with the same VLM (its Table 4: SFT + Flow-GRPO O 4.19 vs SFT +
+NP-Edit 6.06). Here it is pure functions, one update per step:
 
     text, mask = generator.condition(instructions)  # n_groups edits, each repeated group_size
-    x0, traj = rollout(generator, reference, text, mask, generator_rng=rng)      # no grad
+    x0, traj = rollout(generator, reference, text, mask, rng=rng)      # no grad
     adv = group_advantages(reward(judge, reference, x0, instructions), group_size)
     logp, mu = log_probs(generator, traj, reference, text, mask)                # with grad
     with torch.no_grad():                                       # only when kl_coef > 0
@@ -39,14 +44,17 @@ Choices a reader should know (the paper's code: github yifan123/flow_grpo):
     Euler-Maruyama step keeps the mean of the marginal exactly but not its spread at few steps:
     for a point mass, a = 0.7 on [1, .75, .5, .25] gives x_s a std 1.15/1.35/1.56x the true s
     (1.05/1.17/1.27x with shift 6; a = 0.3: 1.02/1.07/1.14x), so the editor is rolled out on
-    noisier inputs than it was trained for (exact variance recursion; test_grpo.py checks it
+    noisier inputs than it was trained for (exact variance recursion; test_baselines.py checks it
     on a fine grid).
 """
+import copy
 import math
 from collections import namedtuple
+from types import SimpleNamespace
 
 import torch
 
+import model as M
 import vlm_reward as V
 from model import shifted
 
@@ -57,26 +65,15 @@ Trajectory = namedtuple("Trajectory", "x_t t s x_s sigma std logp")
 
 
 @torch.no_grad()
-def reward(judge, reference, edited, instructions, ref_features=None):
+def reward(judge, reference, edited, instructions, types, objects=None, ref_features=None):
     """Per-sample reward in [0, 1]: the mean over the sample's two questions
     (vlm_reward.edit_questions: edit verification + identity, removal variant included) of the
     judge's probability of the expected answer, p = sigmoid(+-(l_yes - l_no)), i.e. exp(-L_vlm)
     per question. No grad. reference, edited: (B, 3, H, W) in [-1, 1]. -> (B,)."""
-    if ref_features is None:  # computed once for both questions (pass them to reuse them)
-        ref_features = judge.image_features(reference)
-    cand = judge.image_features(edited)
-    r = torch.zeros(len(instructions), device=cand.device)
-    for slot in (0, 1):  # the edit (0) and the identity (1) question of every sample
-        qs = [V.edit_questions(c)[slot] for c in instructions]
-        for n_img in (1, 2):  # removal's "does the image have <object>?" sees the edit alone
-            idx = [b for b, q in enumerate(qs) if q[1] == n_img]
-            if not idx:
-                continue
-            i = torch.tensor(idx, device=cand.device)
-            d, _ = judge.answer_logits([qs[b][0] for b in idx],
-                                       [cand[i]] if n_img == 1 else [ref_features[i], cand[i]])
-            sign = torch.tensor([1.0 if qs[b][2] else -1.0 for b in idx], device=d.device)
-            r[i] += torch.sigmoid(sign * d) / 2
+    r = torch.zeros(len(instructions), device=edited.device)
+    for i, d, _, want in V.answer_logits(judge, reference, edited, instructions, types, objects,
+                                         ref_features):
+        r[i.to(r.device)] += torch.sigmoid((want.float() * 2 - 1) * d).to(r.device) / 2
     return r
 
 
@@ -106,7 +103,7 @@ def gaussian_logp(x, mu, std):
 
 @torch.no_grad()
 def rollout(generator, reference, text, mask, steps=(1.0, 0.75, 0.5, 0.25), shift=1.0,
-            noise_level=0.7, generator_rng=None, clamp=True):
+            noise_level=0.7, rng=None, clamp=True):
     """Sample the few-step editor stochastically, recording every step: from x_1 = eps, for
     each consecutive pair (t, s) of the (shifted) schedule, x_s = mu_theta(x_t) + std z
     (sde_mean, sde_sigma), then the deterministic last step x0 = x_t - t v from the last t to 0.
@@ -115,13 +112,13 @@ def rollout(generator, reference, text, mask, steps=(1.0, 0.75, 0.5, 0.25), shif
     ts = shifted(steps, shift).tolist()
     assert len(ts) >= 2, "GRPO needs at least one stochastic step"
     B, dev = reference.shape[0], reference.device
-    x = torch.randn(reference.shape, generator=generator_rng).to(dev)
+    x = torch.randn(reference.shape, generator=rng).to(dev)
     rec = []
     for t, s in zip(ts[:-1], ts[1:]):
         v = generator(x, torch.full((B,), t, device=dev), reference, text, mask)
         sigma = sde_sigma(t, s, noise_level)
         mu, std = sde_mean(x, v, t, s, sigma), sigma * math.sqrt(t - s)
-        x_s = mu + std * torch.randn(mu.shape, generator=generator_rng).to(dev)
+        x_s = mu + std * torch.randn(mu.shape, generator=rng).to(dev)
         rec.append((x, t, s, x_s, sigma, std, gaussian_logp(x_s, mu, std)))
         x = x_s
     tt = torch.full((B,), ts[-1], device=dev)
@@ -179,17 +176,37 @@ def group_advantages(rewards, group_size):
     return a.view(-1)
 
 
-def train_loss(generator, initial, S, b, group_size, kl_coef, shift=1.0, clamp=True):
-    """One Flow-GRPO update for train.py: the recipe of the module docstring on a batch b whose
-    edits come in groups of group_size (train.make_batches); S: train.load_models' namespace
-    (judge, to_latent, to_pixels). -> (loss, logs)."""
-    text, mask = S.generator.condition(b.instructions)
-    ref = S.to_latent(b.ref)
-    x0, traj = rollout(generator, ref, text, mask, shift=shift, clamp=clamp)
-    r = reward(S.judge, b.ref, S.to_pixels(x0), b.instructions)
-    logp, mu = log_probs(generator, traj, ref, text, mask)
-    with torch.no_grad():
-        mu_ref = log_probs(initial, traj, ref, text, mask)[1]
-    loss = grpo_loss(logp, traj.logp, group_advantages(r, group_size), kl_coef=kl_coef,
-                     mu_new=mu, mu_ref=mu_ref, std=traj.std)
-    return loss, {"reward": r.mean().item()}
+# ----------------------------------------------------------------------------- the steps
+
+def sft_step(T, next_batch, step):
+    """Supervised fine-tuning on true pairs: flow matching of the editor from (y, c) to the
+    rendered target (model.edit_flow_loss), one generator update. T: train.py's loop state."""
+    b = next_batch(T.cfg.batch_size)
+    with T.autocast():
+        loss = M.edit_flow_loss(T.gen, T.S.to_latent(b.reference), T.S.to_latent(b.target),
+                                *T.S.generator.condition(b.instructions), shift=T.cfg.shift)
+    T.update(loss, step)
+    return {"sft": loss.item()}, len(b.instructions)
+
+
+def grpo_step(T, next_batch, step):
+    """One Flow-GRPO update on batch_size / group_size edits, each rolled out group_size times:
+    the recipe of the module docstring, the KL anchored at the editor as this stage began."""
+    cfg, S = T.cfg, T.S
+    if getattr(T, "initial", None) is None:
+        T.initial = copy.deepcopy(S.generator).requires_grad_(False)
+    b = next_batch(cfg.batch_size // cfg.group_size)  # groups: each edit repeated group_size times
+    b = SimpleNamespace(**{k: [x for x in v for _ in range(cfg.group_size)] if isinstance(v, list)
+                           else v.repeat_interleave(cfg.group_size, 0) for k, v in vars(b).items()})
+    with T.autocast():
+        text, mask = S.generator.condition(b.instructions)
+        ref = S.to_latent(b.reference)
+        x0, traj = rollout(T.gen, ref, text, mask, shift=cfg.shift, clamp=cfg.kind == "small")
+        r = reward(S.judge, b.reference, S.to_pixels(x0), b.instructions, b.types, b.objects)
+        logp, mu = log_probs(T.gen, traj, ref, text, mask)
+        with torch.no_grad():
+            mu_ref = log_probs(T.initial, traj, ref, text, mask)[1]
+        loss = grpo_loss(logp, traj.logp, group_advantages(r, cfg.group_size), kl_coef=cfg.kl_coef,
+                         mu_new=mu, mu_ref=mu_ref, std=traj.std)
+    T.update(loss, step)
+    return {"reward": r.mean().item()}, len(b.instructions)

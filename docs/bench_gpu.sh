@@ -1,8 +1,9 @@
 #!/bin/bash
-# Every GPU-specific check and timing in one go (README, Benchmark): bf16 + eager and compiled
+# Every GPU-specific check and timing in one go (docs/log.md, "GPU"): bf16 + eager and compiled
 # steps of the real presets at their published sizes (random weights, nothing downloaded), their
 # tiny twins, and the small preset trained on the GPU; each step has a time limit (~13 min at
-# most). Not yet run as one script (session 6 ran its bench.py commands). Usage: bash bench_gpu.sh
+# most). Not yet run as one script; its bench.py commands were. Usage, from the repo's top level:
+# bash docs/bench_gpu.sh
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 O=${OUT:-out/bench_gpu}; mkdir -p $O
 exec > >(tee -a $O/bench_gpu.log) 2>&1

@@ -1,7 +1,7 @@
 """Pretrain the small world's "foundation models" from scratch and write the shipped assets.
 
-    python pretrain.py prior     # the text-to-image prior  -> assets/small/prior/
-    python pretrain.py judge     # the VLM judge            -> assets/small/judge/
+    python assets/small/pretrain.py prior     # the text-to-image prior  -> assets/small/prior/
+    python assets/small/pretrain.py judge     # the VLM judge            -> assets/small/judge/
 
 NP-Edit needs a pretrained text-to-image flow model (generator init, real score, fake score init)
 and a pretrained VLM. Nothing can be downloaded in the small world, so the repo trains tiny ones
@@ -13,18 +13,20 @@ import argparse
 import math
 import os
 import random
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import model as M
-import judge_data as J
-import toyworld as tw
-import vlm_reward as V
-
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "small")
+ASSETS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(ASSETS)))  # the repo's top level
+import judge_data as J  # noqa: E402
+import model as M  # noqa: E402
+import toyworld as tw  # noqa: E402
+import vlm_reward as V  # noqa: E402
+from checkpoint import atomic_save_dir  # noqa: E402
 
 
 def heldout_prompt_scenes(n=256, seed=777):
@@ -126,7 +128,7 @@ def pretrain_prior(a):
             tqdm.write(f"step {step} | {(time.time() - t0) / 60:.1f} min | loss {loss.item():.4f}"
                        f" | exact scenes on {len(held)} held-out prompts (CFG {a.cfg}): {acc:.3f}"
                        + shuf)
-            M.atomic_save_dir(out, lambda d: M.save_prior(d, ema_t, ema_e, tokenizer))
+            atomic_save_dir(out, lambda d: M.save_prior(d, ema_t, ema_e, tokenizer))
             os.makedirs(a.state_dir, exist_ok=True)
             torch.save({"t": transformer.state_dict(), "e": text_encoder.state_dict(),
                         "ema_t": ema_t.state_dict(), "ema_e": ema_e.state_dict(),
@@ -168,7 +170,7 @@ class CellHeads(torch.nn.Module):
     """Auxiliary heads on the judge's merged visual tokens (one per cell): each token predicts
     its cell's content (empty or colour x shape) and which cell it is, the mean token the
     background. Used only in
-    pretraining, so the vision tower learns objects fast (../shared/spikes.md)."""
+    pretraining, so the vision tower learns objects fast (docs/log.md)."""
 
     def __init__(self, width):
         super().__init__()
@@ -264,7 +266,7 @@ def pretrain_judge(a):
             acc = J.judge_accuracy(judge, evalset)
             tqdm.write(f"step {step} | {(time.time() - t0) / 60:.1f} min | lm {lm.item():.3f} "
                        f"aux {aux.item():.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in acc.items()))
-            M.atomic_save_dir(out, lambda d: (vlm.save_pretrained(d), tokenizer.save_pretrained(d)))
+            atomic_save_dir(out, lambda d: (vlm.save_pretrained(d), tokenizer.save_pretrained(d)))
             os.makedirs(a.state_dir, exist_ok=True)
             torch.save({"vlm": vlm.state_dict(), "heads": heads.state_dict(),
                         "ground": ground.state_dict(),
@@ -276,15 +278,15 @@ def pretrain_judge(a):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("what", choices=["prior", "judge"])
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--layers", type=int, default=6, help="prior: transformer blocks")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--layers", type=int, default=4, help="prior: transformer blocks")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--cfg_dropout", type=float, default=0.1)
     p.add_argument("--cfg", type=float, default=3.0)
-    p.add_argument("--eval_every", type=int, default=250)
+    p.add_argument("--eval_every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="asset dir (default assets/small/<what>)")

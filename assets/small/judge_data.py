@@ -1,8 +1,7 @@
 """The small world's questions for the VLM judge: yes/no questions with hard negatives, open
 questions, captions and "what changed?", the judge's tokenizer, and its accuracy.
 
-Used to pretrain the judge (pretrain.py judge), to test it (test_assets.py, test_vlm_reward.py)
-and by eval.py. Every label is computed from the scenes themselves, never by construction.
+Used to pretrain the judge (pretrain.py judge) and to test it (test_assets.py). Every label is computed from the scenes themselves, never by construction.
 Single-image types: presence, position, color, shape, background. Two-image types, in the
 paper's form (vlm_reward.EDIT_Q, SAME_Q, SAME_REMOVE_Q): "edit_done" is yes iff the edited
 elements of the candidate equal the target's; "same_except" iff every other element equals
@@ -26,13 +25,12 @@ YN = " answer yes or no ."
 
 
 def judge_tokenizer():
+    """vlm_reward.judge_tokenizer plus the words of this file's questions and answers."""
     words = {w for qs in SINGLE_Q.values() for q in qs for w in q.split() if "{" not in w}
-    for q in (V.EDIT_Q, V.SAME_Q, V.SAME_REMOVE_Q, V.HAS_Q, YN, "describe the image .",
-              "what changed ?", "user assistant yes no nothing", "what is color shape where"):
+    for q in (YN, "describe the image .", "what changed ?", "user assistant yes no nothing",
+              "what is color shape where"):
         words.update(w for w in q.split() if "{" not in w)
-    tok = tw.build_tokenizer(extra_words=words, extra_special=V.SPECIAL)
-    tok.chat_template = V.CHAT_TEMPLATE
-    return tok
+    return V.judge_tokenizer(words)
 
 
 def single_question(rng, scene, kinds=tuple(SINGLE_Q), cells=4):
@@ -100,8 +98,7 @@ def pair_question(rng):
     else:
         qtype = "same_except"
         label = all(cand_el[e] == ref_el[e] for e in ref_el if e not in edit.touched)
-        obj = V.removed_object(edit.instruction)
-        q = (V.SAME_REMOVE_Q.format(object=obj) if obj else
+        q = (V.SAME_REMOVE_Q.format(object=edit.object) if edit.type == "remove" else
              V.SAME_Q.format(instruction=edit.instruction))
     return qtype, q, [edit.reference, cand], label, kind, edit.touched
 
@@ -144,7 +141,7 @@ def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4):
     """One judge training/eval sample: (images as scenes, question, answer, info)."""
     if task == "caption":
         s = tw.random_scene(rng)
-        return [s], "describe the image .", tw.caption(s), {}
+        return [s], "describe the image .", tw.sentence(s), {}
     if task == "change":
         e = tw.random_edit(rng, "all", rng.choice(tw.EDIT_TYPES + ("none",)), phrasing=0)
         return [e.reference, e.target], "what changed ?", \

@@ -1,6 +1,6 @@
-"""Why a small-world run falls short of the bar: measurements behind the README's analysis.
+"""Why a small-world run falls short: the measurements behind docs/log.md's analysis.
 
-    python diagnose.py out/small          # a run's out_dir (needs its ckpt, with the fake score)
+    python docs/diagnose.py out/small     # a run's out_dir (needs its ckpt, with the fake score)
 
 Prints, per edit type, on 48 training-split edits each (seeded):
   dmd    cosine between the DMD descent direction x0_real - x0_fake (dmd.py, the run's own fake
@@ -19,6 +19,7 @@ and, on the 500 eval edits, each type's success split by what the editor never t
 held-out colour x shape combination in the scene (toyworld.HELDOUT_COMBOS), a held-out phrasing.
 """
 import copy
+import os
 import random
 import sys
 
@@ -27,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import dmd
-import model as M
-import toyworld as tw
-import vlm_reward as V
-from checkpoint import load_editor
-from train import editor_fn
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
+import dmd  # noqa: E402
+import model as M  # noqa: E402
+import toyworld as tw  # noqa: E402
+import vlm_reward as V  # noqa: E402
+from checkpoint import load_editor  # noqa: E402
 
 
 def edits_of(typ, n, seed=1):
@@ -131,7 +132,8 @@ def judge_direction(judge, ref, tgt, edits):
     for x0 in (ref, 0.5 * ref + 0.5 * tgt):
         x = x0.clone().requires_grad_(True)
         with torch.enable_grad():
-            g, = torch.autograd.grad(V.vlm_loss(judge, ref, x, [e.instruction for e in edits]), x)
+            g, = torch.autograd.grad(V.vlm_loss(judge, ref, x, [e.instruction for e in edits],
+                                                    [e.type for e in edits], [e.object for e in edits]), x)
         cells = [[k for k in range(4) if k in e.touched] for e in edits]
         mass = [sum(g[i][cell_slice(k)].square().sum() for k in c) / g[i].square().sum()
                 for i, c in enumerate(cells) if c and "bg" not in edits[i].touched]
@@ -183,7 +185,7 @@ def main(run, n=48):
         (m0, c0), (m1, c1) = judge_direction(judge, ref, tgt, edits)
         print(f"{'':10s} judge -dL/dx: mass in touched cell / cosine with target - x: at the "
               f"reference {m0} / {c0:+.2f}, halfway {m1} / {c1:+.2f}", flush=True)
-    heldout_split(editor_fn(gen, "cpu", cfg.shift), cfg.eval_n or 500)
+    heldout_split(M.editor_fn(gen, "cpu", cfg.shift), cfg.eval_n or 500)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Tests of the Flow-GRPO baseline (grpo.py) on tiny random models and toy policies:
-python -m pytest -q test_grpo.py"""
+"""Tests of the baselines (baselines.py): Flow-GRPO on tiny random models and toy policies, and
+both baselines through train.py's loop:  python -m pytest -q test_baselines.py"""
 import copy
 import math
 import random
@@ -7,8 +7,7 @@ import random
 import pytest
 import torch
 
-import grpo
-import judge_data as J
+import baselines as grpo
 import model as M
 import toyworld as tw
 import vlm_reward as V
@@ -27,7 +26,7 @@ def generator():
 @pytest.fixture(scope="module")
 def judge():
     torch.manual_seed(0)
-    jt = J.judge_tokenizer()
+    jt = V.judge_tokenizer()
     vlm = V.Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(jt, 32, 32, 1))
     return V.Judge(vlm.eval().requires_grad_(False), jt)
 
@@ -37,7 +36,8 @@ def edit_batch(n_groups, group_size, seed=0, types=None):
     rng = random.Random(seed)
     edits = [tw.random_edit(rng, "train", types[g] if types else None) for g in range(n_groups)]
     edits = [e for e in edits for _ in range(group_size)]
-    return [e.instruction for e in edits], tw.to_tensor([tw.render(e.reference) for e in edits])
+    return ([e.instruction for e in edits], tw.to_tensor([tw.render(e.reference) for e in edits]),
+            [e.type for e in edits])
 
 
 class PointMass(torch.nn.Module):
@@ -96,7 +96,7 @@ def test_rollout_tracks_the_point_mass_marginal():
     x0 = torch.tensor([0.5, -0.3]).view(1, 2, 1, 1)
     ref = torch.zeros(20_000, 2, 1, 1)
     out, traj = grpo.rollout(PointMass(x0), ref, None, None, shift=6.0,
-                             generator_rng=torch.Generator().manual_seed(0))
+                             rng=torch.Generator().manual_seed(0))
     assert traj.t[0] == 1 and traj.x_s.shape == (3, 20_000, 2, 1, 1)
     for k in range(3):
         s = traj.s[k].item()
@@ -104,7 +104,7 @@ def test_rollout_tracks_the_point_mass_marginal():
     assert torch.allclose(out, x0.expand_as(out), atol=1e-5)
     _, traj = grpo.rollout(PointMass(x0), ref[:10_000], None, None,
                            steps=[1 - i / 50 for i in range(48)],
-                           generator_rng=torch.Generator().manual_seed(1))
+                           rng=torch.Generator().manual_seed(1))
     ratio = traj.x_s.flatten(2).std(1).mean(1) / traj.s  # std / s at every step
     assert ((ratio > 1.0) & (ratio < 1.12)).all(), ratio
 
@@ -112,10 +112,10 @@ def test_rollout_tracks_the_point_mass_marginal():
 # ----------------------------------------------------------------------------- log-probs
 
 def test_log_probs_reproduce_the_rollout_and_the_initial_copy_gives_zero_kl(generator):
-    instructions, ref = edit_batch(2, 2)
+    instructions, ref, _ = edit_batch(2, 2)
     text, mask = generator.condition(instructions)
     rng = torch.Generator().manual_seed(0)
-    x0, traj = grpo.rollout(generator, ref, text, mask, generator_rng=rng)
+    x0, traj = grpo.rollout(generator, ref, text, mask, rng=rng)
     assert x0.shape == ref.shape and traj.logp.shape == (3, 4) and not traj.logp.requires_grad
     logp, mu = grpo.log_probs(generator, traj, ref, text, mask)
     assert logp.requires_grad and mu.shape == traj.x_s.shape
@@ -128,11 +128,11 @@ def test_log_probs_reproduce_the_rollout_and_the_initial_copy_gives_zero_kl(gene
 
 
 def test_grpo_gradient_reaches_the_generator(generator):
-    instructions, ref = edit_batch(2, 2, seed=1)
+    instructions, ref, _ = edit_batch(2, 2, seed=1)
     text, mask = generator.condition(instructions)
     generator.zero_grad()
     rng = torch.Generator().manual_seed(1)
-    _, traj = grpo.rollout(generator, ref, text, mask, generator_rng=rng)
+    _, traj = grpo.rollout(generator, ref, text, mask, rng=rng)
     logp, _ = grpo.log_probs(generator, traj, ref, text, mask)
     grpo.grpo_loss(logp, traj.logp, torch.tensor([1.0, -1.0, 1.0, -1.0])).backward()
     for part in (generator.transformer, generator.text_encoder):
@@ -181,14 +181,13 @@ def test_group_advantages():
 # ----------------------------------------------------------------------------- the reward
 
 def test_reward_is_the_judges_probability_of_the_expected_answers(judge):
-    instructions, ref = edit_batch(2, 1, seed=2, types=["remove", "color"])
-    assert V.removed_object(instructions[0]) and not V.removed_object(instructions[1])
+    instructions, ref, types = edit_batch(2, 1, seed=2, types=["remove", "color"])
     edited = torch.rand(2, 3, 32, 32, requires_grad=True) * 2 - 1
-    r = grpo.reward(judge, ref, edited, instructions)
+    r = grpo.reward(judge, ref, edited, instructions, types)
     assert r.shape == (2,) and not r.requires_grad and ((r >= 0) & (r <= 1)).all()
     for b in range(2):  # mean over the two questions of exp(-L_vlm) of that question alone
         p = [math.exp(-V.vlm_loss(judge, ref[b:b + 1], edited[b:b + 1], instructions[b:b + 1],
-                                  slots=(q,)).item()) for q in (0, 1)]
+                                  types[b:b + 1], slots=(q,)).item()) for q in (0, 1)]
         assert r[b].item() == pytest.approx(sum(p) / 2, abs=1e-5)
 
 
@@ -208,11 +207,11 @@ def test_grpo_raises_the_reward_of_a_toy_policy():
 
     def mean_reward():
         return reward(grpo.rollout(policy, torch.zeros(4096, 2, 1, 1), None, None,
-                                   generator_rng=torch.Generator().manual_seed(1))[0]).mean().item()
+                                   rng=torch.Generator().manual_seed(1))[0]).mean().item()
 
     before = mean_reward()
     for _ in range(40):
-        x0, traj = grpo.rollout(policy, ref, None, None, generator_rng=rng)
+        x0, traj = grpo.rollout(policy, ref, None, None, rng=rng)
         adv = grpo.group_advantages(reward(x0), 8)
         logp, _ = grpo.log_probs(policy, traj, ref, None, None)
         loss = grpo.grpo_loss(logp, traj.logp, adv)

@@ -1,0 +1,45 @@
+"""config.py: presets, --key=value overrides, and a one-line error for every bad value:
+python -m pytest -q test_config.py"""
+import pytest
+
+import toyworld as tw
+import train
+from config import cfg_scales, parse_args
+
+
+def test_overrides_are_type_checked():
+    with pytest.raises(SystemExit, match="unknown config key 'nope'"):
+        parse_args(["--config", "tiny", "--nope=1"])
+    with pytest.raises(SystemExit, match="wants a int"):
+        parse_args(["--config", "tiny", "--max_steps=abc"])
+    with pytest.raises(SystemExit, match="unknown config 'huge'"):
+        parse_args(["--config", "huge"])
+    with pytest.raises(SystemExit, match="--warmup_prompt must be caption or instruction"):
+        parse_args(["--config", "tiny", "--warmup_prompt=target"])
+    name, cfg = parse_args(["--config=tiny", "--lr=0.5", "--full_vocab=true"])
+    assert name == "tiny" and cfg.lr == 0.5 and cfg.full_vocab is True
+
+
+def test_cfg_by_type_sets_the_real_score_scale_per_sample():
+    _, cfg = parse_args(["--config", "tiny", "--cfg=3", "--cfg_by_type=add=8,color=5"])
+    assert cfg_scales(cfg, ["add", "shape", "color"]) == [8.0, 3.0, 5.0]
+    with pytest.raises(SystemExit, match="TYPE=VALUE"):
+        parse_args(["--config", "tiny", "--cfg_by_type=add8"])
+    with pytest.raises(SystemExit, match="unknown edit type 'adds'"):
+        parse_args(["--config", "tiny", "--cfg_by_type=adds=8"])
+
+
+def test_type_mix_weights_the_training_edit_types():
+    """--type_mix=add=1,color=0,...: every training edit is an addition (or "none"); the default
+    mix draws all five types; bad specs are clear errors."""
+    import random
+    only_add = "add=1,color=0,remove=0,shape=0,background=0"
+    for mix, want in ((only_add, {"add"}), ("", set(tw.EDIT_TYPES))):
+        _, cfg = parse_args(["--config", "tiny", f"--type_mix={mix}", "--p_nothing=0"])
+        b = train.make_batches(cfg, random.Random(0), "cpu")(200)
+        assert set(b.types) == want
+    with pytest.raises(SystemExit, match="unknown edit type 'adds'"):
+        parse_args(["--config", "tiny", "--type_mix=adds=2"])
+    for bad in ("add=-1", "add=0,color=0,remove=0,shape=0,background=0"):
+        with pytest.raises(SystemExit, match=">= 0, not all 0"):
+            parse_args(["--config", "tiny", f"--type_mix={bad}"])
