@@ -70,15 +70,15 @@ class Edit:
     reference: Scene
     target: Scene
     touched: tuple     # scene elements the instruction may change: "bg" and/or cell indices
-    object: str = None  # a removal's object, as the instruction names it
+    object: str = None          # a removal's object, as the instruction names it
+    caption: str = None         # c_y (default: prompt(reference))
+    edited_caption: str = None  # c_x, what the real and fake scores see (default: prompt(target))
 
-    @property
-    def caption(self):  # c_y
-        return prompt(self.reference)
-
-    @property
-    def edited_caption(self):  # c_x, what the real and fake scores are conditioned on
-        return prompt(self.target)
+    def __post_init__(self):
+        if self.caption is None:
+            object.__setattr__(self, "caption", prompt(self.reference))
+        if self.edited_caption is None:
+            object.__setattr__(self, "edited_caption", prompt(self.target))
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -70,8 +70,10 @@ def load_models(cfg, device):
             return M.encode_text(text_encoder, tok, texts, drop)
         to_latent = to_pixels = (lambda x: x)
     fake_score = copy.deepcopy(transformer).train().requires_grad_(True)
-    real_score = transformer.eval().requires_grad_(False).to(frozen)  # bf16 on CUDA
-    judge.vlm.to(device, frozen)
+    real_score = transformer.eval().requires_grad_(False)
+    if frozen != torch.float32:  # frozen modules in bf16 on CUDA
+        real_score, judge.vlm = real_score.to(frozen), judge.vlm.to(frozen)
+    judge.vlm.to(device)
     for m in (generator.transformer, fake_score):
         if cfg.grad_ckpt:
             m.enable_gradient_checkpointing()

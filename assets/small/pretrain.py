@@ -24,6 +24,7 @@ ASSETS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(ASSETS)))  # the repo's top level
 import judge_data as J  # noqa: E402
 import model as M  # noqa: E402
+import toytext as tt  # noqa: E402
 import toyworld as tw  # noqa: E402
 import vlm_reward as V  # noqa: E402
 from checkpoint import atomic_save_dir  # noqa: E402
@@ -51,6 +52,36 @@ def prior_exact(transformer, text_encoder, tokenizer, scenes, cfg=3.0, steps=10,
     return sum(p == s for p, s in zip(parsed, scenes)) / len(scenes), x, parsed
 
 
+def prior_captions(transformer, text_encoder, tokenizer, scenes, cfg=3.0, steps=10, seed=0):
+    """The prior on captioners' captions (toytext.caption) of held-out scenes: the fraction of
+    samples consistent with their caption and realistic, and of exact scenes when the caption is
+    complete (every object named with its place). -> (consistent, exact)."""
+    rng = random.Random(seed)
+    caps = [tt.caption(rng, s) for s in scenes] + [tt.caption(rng, s, detailed=True) for s in scenes]
+    x = M.sample_prior(transformer, text_encoder, tokenizer, [c.text for c in caps], steps=steps,
+                       cfg=cfg, seed=seed)
+    ims = tw.to_uint8(x)
+    n = len(scenes)
+    ok = [tt.consistent(c, tw.parse(im)) and tw.is_realistic(im) for c, im in zip(caps[:n], ims)]
+    exact = [tw.parse(im) == s for s, im in zip(scenes, ims[n:])]
+    return sum(ok) / n, sum(exact) / n
+
+
+def init_from(path, transformer, text_encoder, tokenizer):
+    """Start from another prior: every weight, and the word embeddings of the words both
+    tokenizers share (new words keep their random init)."""
+    t, e, tok = M.load_prior(path)
+    transformer.load_state_dict(t.state_dict())
+    sd = e.state_dict()
+    key = "embeddings.word_embeddings.weight"
+    emb, old = text_encoder.state_dict()[key].clone(), tok.get_vocab()
+    for w, i in tokenizer.get_vocab().items():
+        if w in old:
+            emb[i] = sd[key][old[w]]
+    sd[key] = emb
+    text_encoder.load_state_dict(sd)
+
+
 def lr_at(step, total, lr, warmup):
     """Linear warm-up, then cosine decay to 10% of lr."""
     if step < warmup:
@@ -64,12 +95,10 @@ def pretrain_prior(a):
     rng = random.Random(a.seed)
     out = a.out or os.path.join(ASSETS, "prior")
     state_path = os.path.join(a.state_dir, "prior_state.pt")
-    tokenizer = tw.build_tokenizer()
+    tokenizer = tw.build_tokenizer(extra_words=tt.vocabulary() if a.captions else ())
     transformer, text_encoder = M.tiny_prior(len(tokenizer), layers=a.layers)
-    if a.init:  # fine-tune an existing prior (e.g. --shuffle on the shipped one)
-        t, e, _ = M.load_prior(a.init)
-        transformer.load_state_dict(t.state_dict())
-        text_encoder.load_state_dict(e.state_dict())
+    if a.init:  # fine-tune an existing prior
+        init_from(a.init, transformer, text_encoder, tokenizer)
     ema_t, ema_e = M.tiny_prior(len(tokenizer), layers=a.layers)
     ema_t.load_state_dict(transformer.state_dict())
     ema_e.load_state_dict(text_encoder.state_dict())
@@ -100,8 +129,12 @@ def pretrain_prior(a):
         x0 = tw.to_tensor([tw.render(s) for s in scenes])
         drop = torch.rand(a.batch) < a.cfg_dropout
         # no extra rng draw without --shuffle, so the shipped run's scene stream is unchanged
-        prompts = [tw.prompt(s, rng if a.shuffle and rng.random() < a.shuffle else None)
-                   for s in scenes]
+        if a.captions:  # captioners' captions, the rest structured prompts
+            prompts = [tt.caption(rng, s).text if rng.random() < a.captions else tw.prompt(s)
+                       for s in scenes]
+        else:
+            prompts = [tw.prompt(s, rng if a.shuffle and rng.random() < a.shuffle else None)
+                       for s in scenes]
         text, mask = M.encode_text(text_encoder, tokenizer, prompts, drop)
         loss = M.flow_matching_loss(transformer, x0, text, mask)
         for g in opt.param_groups:
@@ -122,6 +155,10 @@ def pretrain_prior(a):
             ema_e.eval()
             acc, x, _ = prior_exact(ema_t, ema_e, tokenizer, held, cfg=a.cfg)
             shuf = ""
+            if a.captions:
+                ok, exact = prior_captions(ema_t, ema_e, tokenizer, held, cfg=a.cfg)
+                shuf = (f", captions: consistent and realistic {ok:.3f}, exact on complete "
+                        f"captions {exact:.3f}")
             if a.shuffle:
                 acc_s = prior_exact(ema_t, ema_e, tokenizer, held, cfg=a.cfg, shuffle=True)[0]
                 shuf = f", shuffled cell order {acc_s:.3f}"
@@ -301,6 +338,8 @@ if __name__ == "__main__":
                    help="judge: task weights caption change vqa single pair")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", default="", help="prior: start from this prior folder (fine-tune)")
+    p.add_argument("--captions", type=float, default=0.0,
+                   help="prior: share of captioners' captions (toytext.caption), the rest prompts")
     p.add_argument("--shuffle", type=float, default=0.0,
                    help="prior: share of prompts whose cell segments come in a random order")
     a = p.parse_args()
