@@ -87,7 +87,8 @@ def grid(results, root, n=12):
     import toyworld as tw
     import model as M
     from checkpoint import load_editor
-    edits = tw.eval_edits(n, seed=7)
+    import toytext as tt
+    edits = tt.eval_edits(n, seed=7)
     refs = [tw.render(e.reference) for e in edits]
     rows = [refs, [tw.render(e.target) for e in edits]]
     for row in results:

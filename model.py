@@ -76,7 +76,7 @@ def small_prior(path):
     one, for tests). -> (transformer, text_encoder, tokenizer)."""
     if path != "random":
         return load_prior(path)
-    from toyworld import build_tokenizer
+    from toytext import build_tokenizer
     tok = build_tokenizer()
     return (*tiny_prior(len(tok), width=32, layers=1, text_width=32, text_layers=1), tok)
 

@@ -9,6 +9,7 @@ import torch
 
 import baselines as grpo
 import model as M
+import toytext as tt
 import toyworld as tw
 import vlm_reward as V
 
@@ -17,7 +18,7 @@ import vlm_reward as V
 def generator():
     """The tiny preset's editor (model.small_prior + train.load_models with prior="random")."""
     torch.manual_seed(0)
-    tok = tw.build_tokenizer()
+    tok = tt.build_tokenizer()
     transformer, text_encoder = M.tiny_prior(len(tok), width=32, layers=1, text_width=32,
                                              text_layers=1)
     return M.Generator.from_prior(transformer, text_encoder, tok)
@@ -34,7 +35,7 @@ def judge():
 def edit_batch(n_groups, group_size, seed=0, types=None):
     """n_groups edits, each repeated group_size times (consecutive), as train.py would feed them."""
     rng = random.Random(seed)
-    edits = [tw.random_edit(rng, "train", types[g] if types else None) for g in range(n_groups)]
+    edits = [tt.random_edit(rng, "train", types[g] if types else None) for g in range(n_groups)]
     edits = [e for e in edits for _ in range(group_size)]
     return ([e.instruction for e in edits], tw.to_tensor([tw.render(e.reference) for e in edits]),
             [e.type for e in edits])
@@ -157,6 +158,7 @@ def test_clip_zeroes_the_gradient_only_on_the_clipped_side():
 
 
 def test_kl_term_pulls_the_mean_back_to_the_initial_model():
+    torch.manual_seed(0)
     mu_ref = torch.randn(2, 3, 3, 4, 4)
     delta = 0.1 * torch.randn_like(mu_ref)
     mu_new = (mu_ref + delta).requires_grad_(True)

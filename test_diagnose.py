@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import toytext as tt
 import toyworld as tw
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,7 +36,7 @@ def test_diagnose_prints_every_edit_type(ckpt, capsys):
 
 def test_heldout_split_of_known_editors():
     import diagnose
-    edits = iter(tw.eval_edits(100))
+    edits = iter(tt.eval_edits(100))
 
     def perfect(refs, instructions):
         return [np.asarray(tw.render(next(edits).target)) for _ in refs]
@@ -44,11 +45,11 @@ def test_heldout_split_of_known_editors():
         return [np.asarray(r) for r in refs]
     for fn, want in ((perfect, 1.0), (copy, 0.0)):
         split = diagnose.heldout_split(fn, 100)
-        for name in ("combo", "phrasing"):
+        for name in ("combo", "grammar"):
             for typ in ("all",) + tw.EDIT_TYPES:
                 trained, held, n = split[name][typ]
                 assert trained == want and (held == want or n == 0), (name, typ, split)
-    assert 0 < split["combo"]["all"][2] < 100 and 0 < split["phrasing"]["all"][2] < 100
+    assert 0 < split["combo"]["all"][2] < 100 and 0 < split["grammar"]["all"][2] < 100
 
 
 def test_diagnose_measures_known_editors():

@@ -5,8 +5,12 @@ import random
 import subprocess
 import sys
 
+import torch
+
 import model as M
+import toytext as tt
 import toyworld as tw
+import vlm_reward as V
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "assets", "small"))
@@ -16,11 +20,11 @@ import judge_data as J  # noqa: E402
 def test_question_labels_follow_the_scene():
     rng = random.Random(1)
     for _ in range(500):
-        t, q, (ref, cand), label, kind, touched = J.pair_question(rng)
+        t, q, images, label, kind, touched = J.pair_question(rng)
         if kind == "target":
-            assert label
-        if kind == "unchanged":
-            assert label == (t == "same_except")
+            assert label == (t == "edit_done" and len(images) == 2 or t == "same_except")
+        if kind in ("unchanged", "adversarial"):
+            assert label == (t == "same_except" or len(images) == 1)  # a removal: still there
         if kind == "extra_change" and t == "same_except":
             assert not label
     s = tw.Scene("white", (("red", "circle"), None, None, None))
@@ -30,12 +34,25 @@ def test_question_labels_follow_the_scene():
             assert label == ("white" in q)
         if t == "position":
             assert label == ("red circle at top left" in q)
+    assert tt.matches("the red one", s) and tt.matches("the object at the upper left", s)
+    assert not tt.matches("the circle in the lower right corner", s)
+
+
+def test_the_attack_flips_an_untrained_judge_and_robustness_reports_it():
+    """judge_data.attack pushes the answer where it is told; robustness() counts the flips."""
+    torch.manual_seed(0)
+    tok = J.judge_tokenizer()
+    judge = V.Judge(V.Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(tok, 32, 32, 1))
+                    .eval(), tok)
+    rob = J.robustness(judge, n=10, steps=(20,), lr=0.05)
+    flips, dx, same = rob[20]
+    assert flips >= 0.8 and dx > 0 and 0 <= same <= 1, rob
 
 
 def test_pretrain_prior_resumes(tmp_path):
     """A killed prior run continues from its state file (which holds a random.Random)."""
     run = [sys.executable, "assets/small/pretrain.py", "prior", "--batch", "4", "--eval_every", "1",
-           "--eval_n", "2", "--shuffle", "0.5", "--threads", "1", "--layers", "2",
+           "--eval_n", "2", "--threads", "1", "--layers", "2",
            "--out", str(tmp_path / "prior"), "--state_dir", str(tmp_path / "state")]
     r = subprocess.run(run + ["--steps", "2"], capture_output=True, text=True, cwd=HERE)
     assert r.returncode == 0, r.stderr[-2000:]

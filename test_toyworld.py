@@ -14,13 +14,10 @@ def test_oracle_round_trip_10000_scenes():
         assert tw.parse(tw.render(s)) == s
 
 
-def test_every_edited_caption_is_the_caption_of_the_edited_scene():
+def test_every_edit_touches_exactly_what_it_changes():
     rng = random.Random(1)
     for k in range(2000):
         e = tw.random_edit(rng, "all", (tw.EDIT_TYPES + ("none",))[k % 6])
-        assert e.edited_caption == tw.prompt(e.target) and e.caption == tw.prompt(e.reference)
-        assert (e.object is not None) == (e.type == "remove")
-        assert e.instruction.strip()
         assert (e.type == "none") == (e.target == e.reference)
         changed = {x for x in ("bg", 0, 1, 2, 3)
                    if (e.target.bg != e.reference.bg if x == "bg"
@@ -43,16 +40,12 @@ def test_impossible_edits_raise_value_error():
         tw.apply_edit(s, "background", bg="white")
 
 
-def test_train_split_never_shows_heldout_combos_or_phrasings():
+def test_train_split_never_shows_heldout_combos():
     rng = random.Random(2)
-    heldout_phrasings = {v[-1].split("{")[0] for v in tw.PHRASINGS.values()}
-    for _ in range(3000):
+    for _ in range(2000):
         e = tw.random_edit(rng, "train")
-        objs = [o for s in (e.reference, e.target) for _, o in s.objects()]
-        assert not set(objs) & tw.HELDOUT_COMBOS
-        assert not any(e.instruction.startswith(p) for p in heldout_phrasings)
-    e = tw.random_edit(random.Random(3), "heldout")
-    assert {o for s in (e.reference, e.target) for _, o in s.objects()} & tw.HELDOUT_COMBOS
+        assert not tw.has_heldout_combo(e)
+    assert tw.has_heldout_combo(tw.random_edit(random.Random(3), "heldout"))
 
 
 def test_oracle_scores_edits():
@@ -72,22 +65,3 @@ def test_oracle_scores_edits():
     noisy = np.clip(noisy + np.random.default_rng(1).normal(0, 25, noisy.shape), 0, 255)
     s = tw.score_edit(e, noisy.astype(np.uint8))
     assert s["success"] == 1.0 and s["realism"] == 0.0
-
-
-def test_tokenizer_covers_every_instruction_and_prompt():
-    tok = tw.build_tokenizer()
-    rng = random.Random(4)
-    for _ in range(500):
-        e = tw.random_edit(rng, "all")
-        for text in (e.instruction, e.caption, e.edited_caption, tw.sentence(e.target)):
-            assert tok.unk_token_id not in tok(text).input_ids, text
-
-
-def test_shuffled_prompt_keeps_every_segment_and_only_moves_cells():
-    s = tw.Scene("gray", (("red", "circle"), None, ("blue", "square"), None))
-    canon = tw.prompt(s)
-    orders = {tw.prompt(s, random.Random(k)) for k in range(20)}
-    assert len(orders) > 1  # the order does change
-    for p in orders:
-        segs = p.split(" . ")
-        assert sorted(segs[:4]) == sorted(canon.split(" . ")[:4]) and segs[4] == "background gray"

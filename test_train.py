@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import model as M
+import toytext as tt
 import toyworld as tw
 import train
 from checkpoint import atomic_save_dir
@@ -42,15 +43,17 @@ def test_warmup_prompt_is_the_caption_of_the_reference():
     import random
     _, cfg = train.parse_args(["--config", "tiny"])
     b = train.make_batches(cfg, random.Random(0), "cpu")(6)
-    assert b.captions == [tw.prompt(tw.parse(im)) for im in tw.to_uint8(b.reference)]
-    assert b.edited_captions == [tw.prompt(tw.parse(im)) for im in tw.to_uint8(b.target)]
+    assert all(tt.consistent(tt.read_caption(c), tw.parse(im))
+               for c, im in zip(b.captions, tw.to_uint8(b.reference)))
+    assert all(tt.consistent(tt.read_caption(c), tw.parse(im))
+               for c, im in zip(b.edited_captions, tw.to_uint8(b.target)))
     assert b.captions != b.instructions
 
 
 @pytest.mark.parametrize("prompt,is_caption", [("caption", True), ("instruction", False)])
 def test_warmup_reads_the_chosen_prompt(prompt, is_caption, tmp_path, monkeypatch):
-    """The warm-up loop conditions the editor on what --warmup_prompt names (captions end in
-    ". background <bg>"; instructions never do)."""
+    """The warm-up loop conditions the editor on what --warmup_prompt names (captions parse as
+    captions, instructions do not)."""
     seen = []
     condition = M.Generator.condition
     monkeypatch.setattr(M.Generator, "condition",
@@ -58,7 +61,12 @@ def test_warmup_reads_the_chosen_prompt(prompt, is_caption, tmp_path, monkeypatc
     train.main(["--config", "tiny", "--max_steps=0", "--eval_n=0", f"--warmup_prompt={prompt}",
                 f"--out_dir={tmp_path}"])
     first = seen[0]  # the first warm-up step's batch
-    assert all((" . background " in t) == is_caption for t in first), first
+    def parses(text):
+        try:
+            return bool(tt.read_caption(text))
+        except ValueError:
+            return False
+    assert all(parses(t) == is_caption for t in first), first
 
 
 def test_lr_schedule_holds_then_decays_over_decay_steps():

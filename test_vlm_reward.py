@@ -49,15 +49,15 @@ def test_answer_gradient_reaches_candidate_not_detached_reference(judge):
 
 def test_edit_questions_follow_the_paper_and_the_edit_type():
     """A removal's questions come from its type and name its object; any phrasing works."""
-    qs = V.edit_questions("erase it please", "remove", "red circle at top left")
-    assert qs[0] == (V.HAS_Q.format(object="red circle at top left"), 1, False)
-    assert qs[1][1:] == (2, True) and "ignoring the presence of the red circle" in qs[1][0]
+    qs = V.edit_questions("erase it please", "remove", "the red one")
+    assert qs[0] == ("does the image have the red one ? answer yes or no .", 1, False)
+    assert qs[1][1:] == (2, True) and qs[1][0].startswith("apart from the red one , is the second")
     qs = V.edit_questions("remove the green square", "remove")  # no object given: read it off
-    assert qs[0][0] == V.HAS_Q.format(object="green square")
+    assert qs[0][0] == V.HAS_Q.format(object="the green square")
     for instr, typ in (("make the red circle blue", "color"), ("remove the red tint", "color")):
         qs = V.edit_questions(instr, typ)
         assert [q[1:] for q in qs] == [(2, True), (2, True)]
-        assert instr in qs[0][0] and "same as the first" in qs[1][0]
+        assert instr in qs[0][0] and instr in qs[1][0] and "same as the first" in qs[1][0]
 
 
 def test_vlm_loss_gradient_reaches_generated_pixels_not_reference(judge):

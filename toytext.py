@@ -94,7 +94,7 @@ def refer(rng, scene, i):
 def instruction(rng, edit, split="train"):
     """A sentence asking for edit (a toyworld.Edit). split 'train': trained grammar only;
     'heldout': at least one held-out part (core or wrapper); 'all': anything.
-    -> (instruction, the removed object's expression or None)."""
+    -> (instruction, the removed object's expression or None, whether a held-out part is used)."""
     while True:
         core, wrap = rng.choice(CORES[edit.type]), rng.choice(WRAPPERS)
         held = _held(core) or (_held(wrap) and not core.lstrip(HELD).startswith(STATEMENT))
@@ -111,7 +111,7 @@ def instruction(rng, edit, split="train"):
                        c0=obj[0] if obj else "", s0=obj[1] if obj else "", bg=edit.target.bg)
     if not core.startswith(STATEMENT):
         text = wrap.format(x=text)
-    return text, (ref if edit.type == "remove" else None)
+    return text, (ref if edit.type == "remove" else None), held
 
 
 # ----------------------------------------------------------------------------- captions
@@ -191,23 +191,25 @@ def consistent(cap, scene):
 def write(rng, edit, split="train"):
     """Edit (a scene operation of toyworld) -> the same edit in words: instruction c, caption c_y
     of the reference, edited caption c_x, the removed object's expression."""
-    text, obj = instruction(rng, edit, split)
+    text, obj, held = instruction(rng, edit, split)
     cell = [e for e in edit.touched if e != "bg"]
     must = cell if edit.type in ("color", "shape", "add") else ()
     placed = any(w in text for ws in CELL_WORDS.values() for w in ws)  # c_x says where, if c did
     never = cell if edit.type == "remove" else ()
-    return replace(edit, instruction=text, object=obj, caption=caption(rng, edit.reference).text,
+    return replace(edit, instruction=text, object=obj, heldout_grammar=held,
+                   caption=caption(rng, edit.reference).text,
                    edited_caption=caption(rng, edit.target, must, must if placed else (),
                                           never).text)
 
 
 def random_edit(rng, split="train", type=None):
     """A random edit in words. split 'train': no held-out colour x shape combination and only the
-    trained grammar; 'heldout_grammar': trained combinations, held-out grammar; 'heldout_combo':
-    a held-out combination, trained grammar; 'all': anything."""
+    trained grammar (the editor's training); 'pretrain': every combination, trained grammar (the
+    prior's and the judge's pretraining); 'heldout_grammar': trained combinations, held-out
+    grammar; 'heldout_combo': a held-out combination, trained grammar; 'all': anything."""
     combo = {"train": "train", "heldout_grammar": "train", "heldout_combo": "heldout"}.get(split, "all")
     grammar = {"heldout_grammar": "heldout", "all": "all"}.get(split, "train")
-    return write(rng, tw.random_edit(rng, combo, type, phrasing=0), grammar)
+    return write(rng, tw.random_edit(rng, combo, type), grammar)
 
 
 def eval_edits(n=500, seed=1234):
@@ -242,14 +244,48 @@ def copy_consistent(edit):
     return consistent(read_caption(edit.edited_caption), edit.reference)
 
 
+def matches(expression, scene):
+    """Does scene hold an object that fits a referring expression ("the red one", "the object at
+    the top left", "the blue square in the lower right corner")? What a question about the
+    expression literally asks, read off its colour, shape and place words."""
+    words = expression.split()
+    colour = next((c for c in tw.COLORS if c in words), None)
+    shape = next((s for s in tw.SHAPES if s in words), None)
+    cell = next((tw.CELLS.index(k) for k, ws in CELL_WORDS.items() if any(w in expression for w in ws)), None)
+    return any((colour is None or o[0] == colour) and (shape is None or o[1] == shape) and
+               (cell is None or i == cell) for i, o in scene.objects())
+
+
 def vocabulary():
-    """Every word instructions and captions can contain."""
-    words = set(". , ? a at and on the with two against background".split())
+    """Every word instructions, captions and the prior's structured prompts can contain."""
+    words = set(". , ? a at and on the with two against background empty cell".split())
     for v in [*tw.BACKGROUNDS, *tw.COLORS, *tw.SHAPES, *(s + "s" for s in tw.SHAPES),
               *(w for ws in CELL_WORDS.values() for w in ws), *PLACES, *WRAPPERS,
               *(t for ts in CORES.values() for t in ts), "object one it"]:
         words.update(w for w in v.lstrip(HELD).split() if "{" not in w)
     return sorted(words)
+
+
+def build_tokenizer(extra_words=(), extra_special=()):
+    """A word-level tokenizer of this world (vocabulary() plus extra_words), lower-casing its
+    input, built locally and wrapped as a transformers fast tokenizer (save it with
+    save_pretrained; load it back with AutoTokenizer)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *extra_special]
+    words = special + vocabulary()
+    words += sorted(set(extra_words) - set(words))
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A", special_tokens=[("[CLS]", vocab["[CLS]"])])
+    tok.add_special_tokens(special)  # matched whole, before splitting on punctuation
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]",
+                                   model_max_length=256 if extra_special else 48)
 
 
 if __name__ == "__main__":

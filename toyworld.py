@@ -1,18 +1,18 @@
-"""The small world: procedural 32x32 scenes, captions, edit instructions, and an exact oracle.
+"""The small world: procedural 32x32 scenes, their edits, and an exact oracle.
 
 A scene is a background colour plus a 2x2 grid of 16 px cells, each empty or holding one object
-(a colour and a shape, drawn ~12 px large). Every training sample of NP-Edit,
-(reference y, instruction c, caption c_y, edited caption c_x) in docs/method.md, is drawn
-from here, and because the world is procedural the target scene is known exactly, so an oracle
-can score every edit (success, preservation, realism) without a human or a VLM.
+(a colour and a shape, drawn ~12 px large). Every training sample of NP-Edit, (reference y,
+instruction c, caption c_y, edited caption c_x) in docs/method.md, starts as an edit of a scene
+drawn here; toytext.py puts it into words. Because the world is procedural the target scene is
+known exactly, so an oracle can score every edit (success, preservation, realism) without a
+human or a VLM.
 
 The editor never sees a rendered target during NP-Edit training: targets exist only for the
 oracle, for the judge's own pretraining, and for the SFT baseline of the ablation table.
-
-Held out from everything the editor trains on (evaluation only):
-  - colour x shape combinations HELDOUT_COMBOS (purple triangle, yellow circle, green square);
-  - one phrasing per edit type (the last template of each list in PHRASINGS).
-The prior and the judge (the "pretrained foundation models" of this world) see all combinations.
+Held out from everything the editor trains on (evaluation only): the colour x shape combinations
+HELDOUT_COMBOS (purple triangle, yellow circle, green square), and a part of the grammar
+(toytext.py). The prior and the judge (the "pretrained foundation models" of this world) see
+all combinations.
 
     python toyworld.py    # writes toyworld_examples.png, a grid of scenes and edits
 """
@@ -34,22 +34,6 @@ EDIT_TYPES = ("color", "remove", "add", "shape", "background")
 HELDOUT_COMBOS = {("purple", "triangle"), ("yellow", "circle"), ("green", "square")}
 UNRECOGNISED = "?"  # a cell the oracle cannot read
 
-# Instruction templates per type; the LAST one of each list is held out for evaluation.
-PHRASINGS = {
-    "color": ["make the {obj} {color}", "change the {obj} to {color}", "paint the {obj} {color}",
-              "recolor the {obj} {color}"],
-    "remove": ["remove the {obj}", "delete the {obj}", "take away the {obj}", "get rid of the {obj}"],
-    "add": ["add a {color} {shape} at {cell}", "put a {color} {shape} at {cell}",
-            "draw a {color} {shape} at {cell}", "insert a {color} {shape} at {cell}"],
-    "shape": ["make the {obj} a {shape}", "turn the {obj} into a {shape}",
-              "change the {obj} into a {shape}", "reshape the {obj} into a {shape}"],
-    "background": ["make the background {bg}", "change the background to {bg}",
-                   "set the background to {bg}", "paint the background {bg}"],
-    "none": ["do nothing", "keep the image unchanged", "leave the image as it is",
-             "change nothing"],
-}
-
-
 @dataclass(frozen=True)
 class Scene:
     """bg: a key of BACKGROUNDS; cells: 4 entries (CELLS order), each None, (color, shape) or '?'."""
@@ -62,23 +46,18 @@ class Scene:
 
 @dataclass(frozen=True)
 class Edit:
-    """An edit of a reference scene y: the instruction c and the target scene (which only the
-    oracle, the judge's pretraining and the SFT baseline ever see); caption c_y and edited
-    caption c_x are the prior's text for y and for the target."""
-    type: str          # one of EDIT_TYPES or "none"
-    instruction: str
+    """An edit of a reference scene y: the target scene (which only the oracle, the judge's
+    pretraining and the SFT baseline ever see) and, once toytext.write has put it into words,
+    the instruction c, caption c_y of y and edited caption c_x."""
+    type: str                # one of EDIT_TYPES or "none"
     reference: Scene
     target: Scene
-    touched: tuple     # scene elements the instruction may change: "bg" and/or cell indices
-    object: str = None          # a removal's object, as the instruction names it
-    caption: str = None         # c_y (default: prompt(reference))
-    edited_caption: str = None  # c_x, what the real and fake scores see (default: prompt(target))
-
-    def __post_init__(self):
-        if self.caption is None:
-            object.__setattr__(self, "caption", prompt(self.reference))
-        if self.edited_caption is None:
-            object.__setattr__(self, "edited_caption", prompt(self.target))
+    touched: tuple           # scene elements the edit changes: "bg" and/or cell indices
+    instruction: str = ""
+    caption: str = ""        # c_y
+    edited_caption: str = ""  # c_x, what the real and fake scores see
+    object: str = None       # a removal's object, as the instruction names it
+    heldout_grammar: bool = False  # the instruction uses a held-out part of the grammar
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -123,66 +102,15 @@ def to_uint8(x):
 
 # ----------------------------------------------------------------------------- text
 
-def _name(obj):
-    return f"{obj[0]} {obj[1]}"
-
-
-def sentence(scene):
-    """The scene as a sentence: 'a red circle at top left and a blue square at bottom right on a white
-    background' (objects in CELLS order, so every scene has exactly one caption)."""
-    objs = [f"a {_name(o)} at {CELLS[i]}" for i, o in scene.objects()]
-    return (" and ".join(objs) if objs else "nothing") + f" on a {scene.bg} background"
-
-
-def prompt(scene, rng=None):
-    """The prior's text condition, c_y and c_x: the content of sentence() with a fixed cell order
-    and the same number of words per cell, so token position names the cell ('top left red
-    circle . top right empty cell . ...'); with a bidirectional encoder this fixed object binding
-    (docs/log.md, "The prior").
-    With rng, the four cell segments come in a random order, so only the words name the cell
-    (pretrain.py --shuffle: a prior that reads "top right" as a place, as an editor must)."""
-    parts = [f"{CELLS[i]} {_name(c) if c else 'empty cell'}" for i, c in enumerate(scene.cells)]
-    if rng is not None:
-        rng.shuffle(parts)
+def prompt(scene):
+    """A structured description of the scene: a fixed cell order and the same number of words per
+    cell ('top left red circle . top right empty cell . ... . background white'). The prior also
+    learns from these (pretrain.py prior --captions), which helps it tie cell words to cells."""
+    parts = [f"{CELLS[i]} {' '.join(c) if c else 'empty cell'}" for i, c in enumerate(scene.cells)]
     return " . ".join(parts) + f" . background {scene.bg}"
 
 
-def vocabulary():
-    """Every word that captions, prompts and instructions of this world can contain."""
-    words = set("a at and on background nothing . empty cell".split())
-    for v in [*BACKGROUNDS, *COLORS, *SHAPES, *CELLS]:
-        words.update(v.split())
-    for templates in PHRASINGS.values():
-        for t in templates:
-            words.update(w for w in t.split() if not w.startswith("{"))
-    return sorted(words)
-
-
-def build_tokenizer(extra_words=(), extra_special=()):
-    """A word-level tokenizer of this world, built locally and wrapped as a transformers fast
-    tokenizer (save it with save_pretrained; load it back with AutoTokenizer)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *extra_special]
-    words = special + vocabulary()
-    words += sorted(set(extra_words) - set(words))
-    vocab = {w: i for i, w in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                 pre_tokenizers.Punctuation()])
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A", special_tokens=[("[CLS]", vocab["[CLS]"])])
-    tok.add_special_tokens(special)  # matched whole, before splitting on punctuation
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]",
-                                   model_max_length=256 if extra_special else 48)
-
-
 # ----------------------------------------------------------------------------- sampling
-
-def _combo_ok(obj, split):
-    return split == "all" or (obj not in HELDOUT_COMBOS) == (split == "train")
-
 
 ALL_OBJECTS = [(c, s) for c in COLORS for s in SHAPES]
 
@@ -197,67 +125,53 @@ def random_scene(rng, split="all", n_objects=None):
     return Scene(rng.choice(list(BACKGROUNDS)), tuple(cells))
 
 
-def _ref(scene, i):
-    """How an instruction names the object in cell i: by colour and shape, plus its cell when
-    another object in the scene has the same colour and shape."""
-    obj = scene.cells[i]
-    same = [j for j, o in scene.objects() if o == obj]
-    return _name(obj) + (f" at {CELLS[i]}" if len(same) > 1 else "")
-
-
-def apply_edit(scene, type, cell=None, color=None, shape=None, bg=None, phrasing=0):
-    """Apply one edit to a scene; returns an Edit. Raises ValueError for an impossible edit
-    (an empty cell to edit or remove, an occupied cell or a full grid to add to, a no-op)."""
+def apply_edit(scene, type, cell=None, color=None, shape=None, bg=None):
+    """Apply one edit to a scene; returns an Edit (not yet in words). Raises ValueError for an
+    impossible edit (an empty cell to edit or remove, an occupied cell or a full grid to add to,
+    a no-op)."""
     cells = list(scene.cells)
-    t = PHRASINGS[type][phrasing]
     if type == "none":
-        return Edit(type, t, scene, scene, ())
+        return Edit(type, scene, scene, ())
     if type == "background":
         if bg == scene.bg:
             raise ValueError(f"background is already {bg}")
-        return Edit(type, t.format(bg=bg), scene, Scene(bg, scene.cells), ("bg",))
+        return Edit(type, scene, Scene(bg, scene.cells), ("bg",))
     if type == "add":
         if all(c is not None for c in cells):
             raise ValueError("cannot add an object: the grid is full")
         if cells[cell] is not None:
             raise ValueError(f"cannot add at {CELLS[cell]}: the cell is occupied")
         cells[cell] = (color, shape)
-        return Edit(type, t.format(color=color, shape=shape, cell=CELLS[cell]), scene,
-                    Scene(scene.bg, tuple(cells)), (cell,))
-    if cell is None or cells[cell] is None:
+    elif cell is None or cells[cell] is None:
         raise ValueError(f"cannot {type} at {CELLS[cell] if cell is not None else None}: "
                          "the cell is empty")
-    obj, name = cells[cell], _ref(scene, cell)
-    if type == "remove":
+    elif type == "remove":
         cells[cell] = None
-        return Edit(type, t.format(obj=name), scene, Scene(scene.bg, tuple(cells)), (cell,), name)
     elif type == "color":
-        if color == obj[0]:
+        if color == cells[cell][0]:
             raise ValueError(f"the object is already {color}")
-        cells[cell] = (color, obj[1])
-        text = t.format(obj=name, color=color)
+        cells[cell] = (color, cells[cell][1])
     elif type == "shape":
-        if shape == obj[1]:
+        if shape == cells[cell][1]:
             raise ValueError(f"the object is already a {shape}")
-        cells[cell] = (obj[0], shape)
-        text = t.format(obj=name, shape=shape)
+        cells[cell] = (cells[cell][0], shape)
     else:
         raise ValueError(f"unknown edit type {type!r}")
-    return Edit(type, text, scene, Scene(scene.bg, tuple(cells)), (cell,))
+    return Edit(type, scene, Scene(scene.bg, tuple(cells)), (cell,))
 
 
-def random_edit(rng, split="train", type=None, phrasing=None):
-    """A random valid edit. split 'train': no held-out combo in reference or target, no held-out
-    phrasing; 'heldout': a held-out combo in the reference or target (any phrasing);
-    'all': anything. phrasing: a fixed template index. Removal needs two objects and addition one, so scenes keep 1-2 objects."""
+def random_edit(rng, split="train", type=None):
+    """A random valid edit (a scene operation; toytext.random_edit puts it into words). split
+    'train': no held-out combination in reference or target; 'heldout': one in the reference or
+    target; 'all': anything. Removal needs two objects and addition one, so scenes keep 1-2
+    objects."""
     type = type or rng.choice(EDIT_TYPES)
-    n_phr = len(PHRASINGS[type]) - (1 if split == "train" else 0)
     while True:
         n = 2 if type == "remove" else 1 if type == "add" else None
         ref = random_scene(rng, "all" if split == "heldout" else split, n)
         occupied = [i for i, _ in ref.objects()]
         empty = [i for i in range(4) if i not in occupied]
-        kw = dict(phrasing=rng.randrange(n_phr) if phrasing is None else phrasing)
+        kw = {}
         if type == "background":
             kw["bg"] = rng.choice([b for b in BACKGROUNDS if b != ref.bg])
         elif type == "add":
@@ -278,13 +192,6 @@ def random_edit(rng, split="train", type=None, phrasing=None):
 def has_heldout_combo(edit):
     """Does the reference or the target hold a colour x shape combination of HELDOUT_COMBOS?"""
     return any(o in HELDOUT_COMBOS for s in (edit.reference, edit.target) for _, o in s.objects())
-
-
-def eval_edits(n=500, seed=1234, split="all"):
-    """A fixed, seeded evaluation set covering all five edit types equally (held-out phrasings and
-    combinations included when split is 'all')."""
-    rng = random.Random(seed)
-    return [random_edit(rng, split, EDIT_TYPES[k % len(EDIT_TYPES)]) for k in range(n)]
 
 
 # ----------------------------------------------------------------------------- oracle
@@ -362,7 +269,8 @@ def score_edit(edit, image):
 
 
 def summarize(edits, images):
-    """Mean oracle scores overall, by edit type, and on held-out combinations."""
+    """Mean oracle scores overall, by edit type, on held-out combinations, on the held-out
+    grammar, and on the edits that hold neither ("trained")."""
     rows = [(e, score_edit(e, im)) for e, im in zip(edits, images)]
 
     def mean(rs):
@@ -372,6 +280,9 @@ def summarize(edits, images):
             "by_type": {t: mean([r for r in rows if r[0].type == t])
                         for t in dict.fromkeys(e.type for e in edits)},
             "heldout_combos": mean([r for r in rows if has_heldout_combo(r[0])]),
+            "heldout_grammar": mean([r for r in rows if r[0].heldout_grammar]),
+            "trained": mean([r for r in rows if not r[0].heldout_grammar and
+                             not has_heldout_combo(r[0])]),
             "n": len(rows)}
 
 
@@ -401,7 +312,6 @@ def grid(rows, scale=3, pad=2):
 if __name__ == "__main__":
     rng = random.Random(0)
     edits = [random_edit(rng, "all", EDIT_TYPES[k % 5]) for k in range(16)]
-    for e in edits:
-        print(f"{e.type:10s} {e.instruction:45s} | {e.caption} -> {e.edited_caption}")
     grid([[render(e.reference) for e in edits], [render(e.target) for e in edits]]).save(
         "toyworld_examples.png")
+    print("wrote toyworld_examples.png (top: references, bottom: targets; toytext.py: in words)")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import baselines
 import dmd
 import model as M
+import toytext as tt
 import toyworld as tw
 import vlm_reward as V
 from checkpoint import load_checkpoint, recover, save_checkpoint
@@ -89,7 +90,8 @@ def make_batches(cfg, rng, device):
     """-> next_batch(n): namespace of instructions c, types, objects (a removal's object),
     captions c_y (the warm-up's prompt), edited_captions c_x, reference y (B, 3, R, R) pixels in
     [-1, 1], and target (the rendered true target; small world only, read by the SFT baseline
-    alone). Real presets read cfg.data (JSONL, real.read_jsonl); without it they use small-world
+    alone). The small world's come from toytext.random_edit (its training grammar, no held-out
+    combination). Real presets read cfg.data (JSONL, real.read_jsonl); without it they use small-world
     scenes upscaled to the preset's resolution (a smoke test)."""
     if cfg.kind == "real" and cfg.data:
         import real
@@ -114,11 +116,11 @@ def make_batches(cfg, rng, device):
     up = (lambda x: F.interpolate(x, size=cfg.resolution)) if cfg.resolution != 32 else (lambda x: x)
 
     def next_batch(n):
-        edits = [tw.random_edit(rng, "train", t) for t in
+        edits = [tt.random_edit(rng, "train", t) for t in
                  (rng.choices(tw.EDIT_TYPES, w, k=n) if w else [None] * n)]
         for b in range(n):
             if rng.random() < cfg.p_nothing:
-                edits[b] = tw.apply_edit(edits[b].reference, "none")
+                edits[b] = tt.write(rng, tw.apply_edit(edits[b].reference, "none"))
         return SimpleNamespace(
             instructions=[e.instruction for e in edits], types=[e.type for e in edits],
             objects=[e.object for e in edits], captions=[e.caption for e in edits],
@@ -138,9 +140,9 @@ def lr_factor(step, cfg, warmup=20):
 
 
 def evaluate(generator, cfg, device, tag, out_dir):
-    """The oracle's scores of the editor on the fixed eval set (toyworld.eval_edits), printed,
+    """The oracle's scores of the editor on the fixed eval set (toytext.eval_edits), printed,
     with a grid of inputs / outputs / targets."""
-    edits = tw.eval_edits(cfg.eval_n)
+    edits = tt.eval_edits(cfg.eval_n)
     generator.eval()
     metrics, images = tw.evaluate(M.editor_fn(generator, device, cfg.shift), edits)
     generator.train()

@@ -25,15 +25,14 @@ import torch.nn.functional as F
 from transformers import (AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-EDIT_Q = ("the first image is the original and the second an edited version . was this "
-          "instruction executed in the second image ? instruction : {instruction} . if the two "
-          "images look identical the edit failed . answer yes or no .")
-SAME_Q = ("is the second image the same as the first on all attributes except those changed "
-          "by the edit : {instruction} ? answer yes or no .")
-SAME_REMOVE_Q = ("is the second image the same as the first on all attributes , ignoring the "
-                 "presence of the {object} ? answer yes or no .")
-HAS_Q = "does the image have a {object} ? answer yes or no ."
-REMOVE_VERBS = r"^(remove|delete|take away|get rid of|erase) (the |a |an )?"
+EDIT_Q = ("the second image is an edit of the first . was this instruction done : {instruction} ? "
+          "if the two images look identical the edit failed . answer yes or no .")
+SAME_Q = ("apart from the edit : {instruction} , is the second image the same as the first ? "
+          "answer yes or no .")
+SAME_REMOVE_Q = ("apart from {object} , is the second image the same as the first ? answer yes "
+                 "or no .")
+HAS_Q = "does the image have {object} ? answer yes or no ."
+REMOVE_VERBS = r"^(please )?(remove|delete|take away|get rid of|erase) "
 
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
            "<|video_pad|>"]
@@ -47,8 +46,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def removed_object(instruction):
-    """'remove the red circle at top left' -> 'red circle at top left': the removed object of a
-    removal whose data names none (real JSONL rows without an "object" field); None if the
+    """'remove the red circle at top left' -> 'the red circle at top left': the removed object of
+    a removal whose data names none (real JSONL rows without an "object" field); None if the
     instruction does not start with a removal verb."""
     m = re.match(REMOVE_VERBS, instruction.strip().lower())
     return instruction.strip()[m.end():].strip(" .") if m else None
@@ -173,7 +172,7 @@ class Judge:
 def judge_tokenizer(extra_words=()):
     """The small world's word-level tokenizer plus Qwen's chat tokens and the words of this file's
     questions (extra_words: more, e.g. the judge's pretraining questions)."""
-    from toyworld import build_tokenizer
+    from toytext import build_tokenizer
     words = set(extra_words)
     for q in (EDIT_Q, SAME_Q, SAME_REMOVE_Q, HAS_Q, "user assistant yes no"):  # + chat roles
         words.update(w for w in q.split() if "{" not in w)

@@ -16,7 +16,7 @@ Prints, per edit type, on 48 training-split edits each (seeded):
          and halfway to the target: its share of squared mass in the touched cell (a quarter
          is chance) and its cosine with target - x. Is there a direction to start an edit?
 and, on the 500 eval edits, each type's success split by what the editor never trained on: a
-held-out colour x shape combination in the scene (toyworld.HELDOUT_COMBOS), a held-out phrasing.
+held-out colour x shape combination in the scene (toyworld.HELDOUT_COMBOS), the held-out grammar.
 """
 import copy
 import os
@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
 import dmd  # noqa: E402
 import model as M  # noqa: E402
+import toytext as tt  # noqa: E402
 import toyworld as tw  # noqa: E402
 import vlm_reward as V  # noqa: E402
 from checkpoint import load_editor  # noqa: E402
@@ -38,7 +39,7 @@ from checkpoint import load_editor  # noqa: E402
 
 def edits_of(typ, n, seed=1):
     rng = random.Random(seed)
-    return [tw.random_edit(rng, "train", typ) for _ in range(n)]
+    return [tt.random_edit(rng, "train", typ) for _ in range(n)]
 
 
 def mean(values):
@@ -105,14 +106,12 @@ def speckle(gen, ref, instructions, shift):
 
 def heldout_split(edit_fn, n=500):
     """Success per edit type on the first n eval edits, split by whether the scene holds a
-    held-out combination, and by whether the instruction uses a held-out phrasing. Prints, and
-    returns {"combo"/"phrasing": {type: (success trained, success held-out, n held-out)}}."""
-    edits = tw.eval_edits(n)
+    held-out combination, and by whether the instruction uses the held-out grammar. Prints, and
+    returns {"combo"/"grammar": {type: (success trained, success held-out, n held-out)}}."""
+    edits = tt.eval_edits(n)
     _, images = tw.evaluate(edit_fn, edits)
     ok = [tw.score_edit(e, im)["success"] for e, im in zip(edits, images)]
-    def held_phrasing(e):  # each type's last template is held out
-        return e.instruction.startswith(tw.PHRASINGS[e.type][-1].split("{")[0])
-    splits = {"combo": tw.has_heldout_combo, "phrasing": held_phrasing}
+    splits = {"combo": tw.has_heldout_combo, "grammar": lambda e: e.heldout_grammar}
     out = {}
     for name, held in splits.items():
         out[name] = {}
@@ -157,17 +156,17 @@ def main(run, n=48):
         ref = tw.to_tensor([tw.render(e.reference) for e in edits])
         tgt = tw.to_tensor([tw.render(e.target) for e in edits])
         x = M.sample_edit(gen, ref, [e.instruction for e in edits], shift=cfg.shift)
-        prompts = [tw.prompt(e.target) for e in edits]
+        prompts = [e.edited_caption for e in edits]
         cap = M.encode_text(text_encoder, tok, prompts)
         null = M.encode_text(text_encoder, tok, prompts, drop=torch.ones(n, dtype=torch.bool))
         line = []
         for scale in (3.0, 8.0):
             cells = []
             for t in (0.3, 0.5, 0.7, 0.9):
-                tt = torch.full((n,), t)
-                xt = M.add_noise(x, torch.randn_like(x), tt)
-                x0_real = M.x0_from_v(xt, dmd.real_velocity(prior, xt, tt, *cap, *null, scale), tt)
-                x0_fake = M.x0_from_v(xt, M.velocity(fake, xt, tt, *cap), tt)
+                tb = torch.full((n,), t)
+                xt = M.add_noise(x, torch.randn_like(x), tb)
+                x0_real = M.x0_from_v(xt, dmd.real_velocity(prior, xt, tb, *cap, *null, scale), tb)
+                x0_fake = M.x0_from_v(xt, M.velocity(fake, xt, tb, *cap), tb)
                 d = (x0_real - x0_fake).flatten(1)
                 cos = F.cosine_similarity(d, (tgt - x).flatten(1)).mean()
                 cells.append(f"{cos:+.2f}/{d.norm(dim=1).mean():.0f}")

@@ -12,6 +12,7 @@ import random
 
 import torch
 
+import toytext as tt
 import toyworld as tw
 import vlm_reward as V
 # Single-image yes/no questions (type: template); labels come from the scene itself.
@@ -20,7 +21,8 @@ SINGLE_Q = {"presence": ["is there a {obj} in the image ?", "does the image have
             "color": ["is the object at {cell} {color} ?"],
             "shape": ["is the object at {cell} a {shape} ?"],
             "background": ["is the background {bg} ?"]}
-CANDIDATES = ("target", "unchanged", "wrong_edit", "extra_change", "different_scene")
+CANDIDATES = ("target", "unchanged", "wrong_edit", "extra_change", "different_scene",
+              "adversarial")
 YN = " answer yes or no ."
 
 
@@ -30,7 +32,7 @@ def judge_tokenizer():
     for q in (YN, "describe the image .", "what changed ?", "user assistant yes no nothing",
               "what is color shape where"):
         words.update(w for w in q.split() if "{" not in w)
-    return V.judge_tokenizer(words)
+    return V.judge_tokenizer(words | set(tt.vocabulary()))
 
 
 def single_question(rng, scene, kinds=tuple(SINGLE_Q), cells=4):
@@ -71,14 +73,18 @@ def _elements(s):
     return {"bg": s.bg, 0: s.cells[0], 1: s.cells[1], 2: s.cells[2], 3: s.cells[3]}
 
 
-def pair_question(rng):
-    """A two-image question in the paper's form -> (type, question, [ref, cand], label, kind).
-    'edit_done' is yes iff the touched elements of the candidate equal the target's;
-    'same_except' is yes iff every untouched element equals the reference's."""
-    edit = tw.random_edit(rng, "all")
-    kind = rng.choices(CANDIDATES, weights=(0.4, 0.15, 0.2, 0.15, 0.1))[0]
+def pair_question(rng, grammar="pretrain"):
+    """A question of the paper's form, exactly as vlm_reward.edit_questions asks it, about a
+    reference and a candidate -> (type, question, images, label, kind, touched). 'edit_done':
+    non-removals, yes iff the touched elements of the candidate equal the target's; removals ask
+    "does the image have <object>?" of the candidate alone, yes iff an object fits the expression
+    (toytext.matches); 'same_except': yes iff every untouched element equals the reference's.
+    kind 'adversarial' is the unchanged reference, to be perturbed by attack() while training.
+    grammar: 'pretrain' (the trained grammar) or 'heldout_grammar'."""
+    edit = tt.random_edit(rng, grammar)
+    kind = rng.choices(CANDIDATES, weights=(0.35, 0.15, 0.2, 0.15, 0.05, 0.1))[0]
     cand = edit.target
-    if kind == "unchanged":
+    if kind in ("unchanged", "adversarial"):
         cand = edit.reference
     elif kind == "wrong_edit":  # the same type of edit, other cell or other value
         while cand == edit.target:
@@ -92,15 +98,17 @@ def pair_question(rng):
     elif kind == "different_scene":
         cand = tw.random_scene(rng)
     ref_el, tgt_el, cand_el = _elements(edit.reference), _elements(edit.target), _elements(cand)
-    if rng.random() < 0.5:
-        qtype, label = "edit_done", all(cand_el[e] == tgt_el[e] for e in edit.touched)
-        q = V.EDIT_Q.format(instruction=edit.instruction)
+    slot = 0 if rng.random() < 0.5 else 1
+    q, n_img, _ = V.edit_questions(edit.instruction, edit.type, edit.object)[slot]
+    if slot == 1:
+        qtype, label = "same_except", all(cand_el[e] == ref_el[e] for e in ref_el
+                                          if e not in edit.touched)
+    elif edit.type == "remove":
+        qtype, label = "edit_done", tt.matches(edit.object, cand)  # "yes, it is still there"
     else:
-        qtype = "same_except"
-        label = all(cand_el[e] == ref_el[e] for e in ref_el if e not in edit.touched)
-        q = (V.SAME_REMOVE_Q.format(object=edit.object) if edit.type == "remove" else
-             V.SAME_Q.format(instruction=edit.instruction))
-    return qtype, q, [edit.reference, cand], label, kind, edit.touched
+        qtype, label = "edit_done", all(cand_el[e] == tgt_el[e] for e in edit.touched)
+    images = [edit.reference, cand][2 - n_img:]
+    return qtype, q, images, label, kind, edit.touched
 
 
 def _random_edit_of(rng, scene, type):
@@ -137,13 +145,13 @@ def balanced(rng, fn, *args):
             return out
 
 
-def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4):
+def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4, grammar="pretrain"):
     """One judge training/eval sample: (images as scenes, question, answer, info)."""
     if task == "caption":
         s = tw.random_scene(rng)
-        return [s], "describe the image .", tw.sentence(s), {}
+        return [s], "describe the image .", tt.caption(rng, s, detailed=True).text, {}
     if task == "change":
-        e = tw.random_edit(rng, "all", rng.choice(tw.EDIT_TYPES + ("none",)), phrasing=0)
+        e = tt.random_edit(rng, "pretrain", rng.choice(tw.EDIT_TYPES + ("none",)))
         return [e.reference, e.target], "what changed ?", \
             ("nothing" if e.type == "none" else e.instruction), {}
     if task == "vqa":  # short open answers that tie question words to image tokens
@@ -167,7 +175,7 @@ def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4):
                 break
         cell = next((k for k, c in enumerate(tw.CELLS) if f" at {c} " in q), None)
         return [s], q, "yes" if label else "no", {"type": t, "ground": grounding([s], cell)}
-    t, q, imgs, label, kind, touched = balanced(rng, pair_question)
+    t, q, imgs, label, kind, touched = balanced(rng, pair_question, grammar)
     cell = next((e for e in touched if e != "bg"), None)
     return imgs, q, "yes" if label else "no", {"type": t, "kind": kind,
                                                "ground": grounding(imgs, cell)}
@@ -189,9 +197,22 @@ def grounding(scenes, cell):
 
 
 def judge_eval_set(n=1000, seed=4321):
+    """n single-image and n two-image questions (trained grammar), and n two-image questions
+    whose instructions come from the held-out grammar (type "heldout/..."). The adversarial kind
+    is left out: those candidates exist only once attacked (see robustness())."""
     rng = random.Random(seed)
-    return [judge_sample(rng, "single") for _ in range(n)] + \
-        [judge_sample(rng, "pair") for _ in range(n)]
+    out = [judge_sample(rng, "single") for _ in range(n)]
+    for grammar in ("pretrain", "heldout_grammar"):
+        k = 0
+        while k < n:
+            s = judge_sample(rng, "pair", grammar=grammar)
+            if s[3]["kind"] == "adversarial":
+                continue
+            if grammar != "pretrain":
+                s[3]["type"] = "heldout/" + s[3]["type"]
+            out.append(s)
+            k += 1
+    return out
 
 
 @torch.no_grad()
@@ -200,7 +221,7 @@ def judge_accuracy(judge, samples, batch=128):
     plus accuracy on the negatives alone (a yes-bias check)."""
     from collections import defaultdict
     hits = defaultdict(list)
-    for n_img in (1, 2):
+    for n_img in (1, 2):  # (a removal's "does the image have" is a one-image pair question)
         group = [s for s in samples if len(s[0]) == n_img]
         for k in range(0, len(group), batch):
             chunk = group[k:k + batch]
@@ -209,9 +230,58 @@ def judge_accuracy(judge, samples, batch=128):
             d, _ = judge.answer_logits([s[1] for s in chunk], feats)
             for s, di in zip(chunk, d.tolist()):
                 ok = (di > 0) == (s[2] == "yes")
-                side = "single" if n_img == 1 else "pair"
-                for key in (side, f"{side}/{s[3]['type']}", f"{side}/negatives" if s[2] == "no"
-                            else None, f"pair/{s[3].get('kind')}" if n_img == 2 else None):
+                side = ("pair_heldout" if s[3]["type"].startswith("heldout/") else "pair") \
+                    if "kind" in s[3] else "single"
+                for key in (side, f"{side}/{s[3]['type'].split('/')[-1]}", f"{side}/negatives" if s[2] == "no"
+                            else None, f"{side}/{s[3].get('kind')}" if "kind" in s[3] else None):
                     if key:
                         hits[key].append(ok)
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+
+
+# ----------------------------------------------------------------------------- robustness
+
+def attack(judge, images, questions, want_yes, steps=50, lr=0.01, keep=None):
+    """The judge-fooling probe: Adam on the pixels of the LAST image of each question, pushing
+    the answer to want_yes (e.g. "yes, the edit was done" for an unchanged reference). images:
+    list of (B, 3, 32, 32) tensors in [-1, 1], one per image slot; keep: the earlier slots' fixed
+    features. -> (perturbed last images (B, 3, 32, 32), l_yes - l_no after the attack)."""
+    x = images[-1].clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    sign = torch.tensor([1.0 if w else -1.0 for w in want_yes])
+    with torch.no_grad():
+        fixed = [judge.image_features(im) for im in images[:-1]]
+    for _ in range(steps):
+        d, _ = judge.answer_logits(questions, fixed + [judge.image_features(x)])
+        opt.zero_grad()
+        (-sign * d).sum().backward()
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(-1, 1)
+    with torch.no_grad():
+        d, _ = judge.answer_logits(questions, fixed + [judge.image_features(x)])
+    return x.detach(), d
+
+
+def robustness(judge, n=200, steps=(50, 100), lr=0.01, seed=5):
+    """Attack the edit question of n unchanged references (every edit type in turn, removal's
+    "does the image have" included): the share the attack flips to the answer an edit would get,
+    while the oracle still reads the image as the reference, and the mean |dx| in 0-255 levels.
+    -> {steps: (flip rate, mean |dx|, share the oracle still reads as unchanged)}."""
+    rng = random.Random(seed)
+    edits = [tt.random_edit(rng, "pretrain", tw.EDIT_TYPES[k % 5]) for k in range(n)]
+    ref = tw.to_tensor([tw.render(e.reference) for e in edits])
+    qs = [V.edit_questions(e.instruction, e.type, e.object)[0] for e in edits]
+    out = {}
+    for k in steps:
+        res, flips, dx, same = [], 0, 0.0, 0
+        for n_img in (1, 2):
+            idx = [b for b, q in enumerate(qs) if q[1] == n_img]
+            imgs = [ref[idx]] * n_img
+            want = [not qs[b][2] for b in idx]  # the answer of a done edit: yes, or "no, gone"
+            x, d = attack(judge, imgs, [qs[b][0] for b in idx], want, steps=k, lr=lr)
+            flips += sum((di > 0) == w for di, w in zip(d.tolist(), want))
+            dx += float((x - ref[idx]).abs().mean((1, 2, 3)).sum()) * 127.5
+            same += sum(tw.parse(im) == edits[b].reference for b, im in zip(idx, tw.to_uint8(x)))
+        out[k] = (flips / n, dx / n, same / n)
+    return out

@@ -41,12 +41,10 @@ def heldout_prompt_scenes(n=256, seed=777):
     return out
 
 
-def prior_exact(transformer, text_encoder, tokenizer, scenes, cfg=3.0, steps=10, seed=0,
-                shuffle=False):
-    """Fraction of prior samples whose oracle parse equals their caption's scene (shuffle: the
-    prompts' cell segments in a seeded random order)."""
-    rng = random.Random(seed) if shuffle else None
-    x = M.sample_prior(transformer, text_encoder, tokenizer, [tw.prompt(s, rng) for s in scenes],
+def prior_exact(transformer, text_encoder, tokenizer, scenes, cfg=3.0, steps=10, seed=0):
+    """Fraction of prior samples whose oracle parse equals the scene of their structured prompt
+    (toyworld.prompt)."""
+    x = M.sample_prior(transformer, text_encoder, tokenizer, [tw.prompt(s) for s in scenes],
                        steps=steps, cfg=cfg, seed=seed)
     parsed = [tw.parse(im) for im in tw.to_uint8(x)]
     return sum(p == s for p, s in zip(parsed, scenes)) / len(scenes), x, parsed
@@ -95,7 +93,7 @@ def pretrain_prior(a):
     rng = random.Random(a.seed)
     out = a.out or os.path.join(ASSETS, "prior")
     state_path = os.path.join(a.state_dir, "prior_state.pt")
-    tokenizer = tw.build_tokenizer(extra_words=tt.vocabulary() if a.captions else ())
+    tokenizer = tt.build_tokenizer()
     transformer, text_encoder = M.tiny_prior(len(tokenizer), layers=a.layers)
     if a.init:  # fine-tune an existing prior
         init_from(a.init, transformer, text_encoder, tokenizer)
@@ -128,13 +126,9 @@ def pretrain_prior(a):
                 scenes.append(s)
         x0 = tw.to_tensor([tw.render(s) for s in scenes])
         drop = torch.rand(a.batch) < a.cfg_dropout
-        # no extra rng draw without --shuffle, so the shipped run's scene stream is unchanged
-        if a.captions:  # captioners' captions, the rest structured prompts
-            prompts = [tt.caption(rng, s).text if rng.random() < a.captions else tw.prompt(s)
-                       for s in scenes]
-        else:
-            prompts = [tw.prompt(s, rng if a.shuffle and rng.random() < a.shuffle else None)
-                       for s in scenes]
+        # captioners' captions (what c_y and c_x look like), the rest structured prompts
+        prompts = [tt.caption(rng, s).text if rng.random() < a.captions else tw.prompt(s)
+                   for s in scenes]
         text, mask = M.encode_text(text_encoder, tokenizer, prompts, drop)
         loss = M.flow_matching_loss(transformer, x0, text, mask)
         for g in opt.param_groups:
@@ -154,17 +148,11 @@ def pretrain_prior(a):
             ema_t.eval()
             ema_e.eval()
             acc, x, _ = prior_exact(ema_t, ema_e, tokenizer, held, cfg=a.cfg)
-            shuf = ""
-            if a.captions:
-                ok, exact = prior_captions(ema_t, ema_e, tokenizer, held, cfg=a.cfg)
-                shuf = (f", captions: consistent and realistic {ok:.3f}, exact on complete "
-                        f"captions {exact:.3f}")
-            if a.shuffle:
-                acc_s = prior_exact(ema_t, ema_e, tokenizer, held, cfg=a.cfg, shuffle=True)[0]
-                shuf = f", shuffled cell order {acc_s:.3f}"
+            ok, exact = prior_captions(ema_t, ema_e, tokenizer, held, cfg=a.cfg)
             tqdm.write(f"step {step} | {(time.time() - t0) / 60:.1f} min | loss {loss.item():.4f}"
-                       f" | exact scenes on {len(held)} held-out prompts (CFG {a.cfg}): {acc:.3f}"
-                       + shuf)
+                       f" | on {len(held)} held-out scenes (CFG {a.cfg}): captions consistent "
+                       f"and realistic {ok:.3f}, exact on complete captions {exact:.3f}, exact on"
+                       f" structured prompts {acc:.3f}")
             atomic_save_dir(out, lambda d: M.save_prior(d, ema_t, ema_e, tokenizer))
             os.makedirs(a.state_dir, exist_ok=True)
             torch.save({"t": transformer.state_dict(), "e": text_encoder.state_dict(),
@@ -225,11 +213,16 @@ class CellHeads(torch.nn.Module):
             F.cross_entropy(self.pos(feats).flatten(0, 1), pos_y)
 
 
-def judge_batch_loss(judge, heads, batch, ground=None):
+def judge_batch_loss(judge, heads, batch, ground=None, perturbed=None):
     """Next-token loss on the answers (captions, instructions, yes/no) + the auxiliary heads on
-    the visual tokens + (ground) the grounding heads at the yes/no answer positions."""
+    the visual tokens + (ground) the grounding heads at the yes/no answer positions.
+    perturbed: {sample index: a (3, 32, 32) image replacing that sample's last image}."""
     scenes = [s for imgs, *_ in batch for s in imgs]
-    feats = judge.image_features(tw.to_tensor([tw.render(s) for s in scenes]))
+    x = tw.to_tensor([tw.render(s) for s in scenes])
+    ends = torch.tensor([len(imgs) for imgs, *_ in batch]).cumsum(0) - 1
+    for b, im in (perturbed or {}).items():
+        x[ends[b]] = im
+    feats = judge.image_features(x)
     texts = [judge.prompt(q, len(imgs), answer=a) for imgs, q, a, _ in batch]
     logits, mask, ids, hid = judge.forward(texts, [feats], hidden=True)
     n_prompt = [len(judge.tokenizer(judge.prompt(q, len(imgs))).input_ids) for imgs, q, _, _ in batch]
@@ -250,6 +243,24 @@ def judge_batch_loss(judge, heads, batch, ground=None):
     return lm, aux
 
 
+def adversarial(judge, batch, steps, lr):
+    """Adversarial training (its hard negatives): the unchanged candidates of kind
+    'adversarial' attacked (judge_data.attack) towards the answer an edit would get; their
+    labels stay the truth. -> {sample index: perturbed last image}."""
+    idx = [b for b, s in enumerate(batch) if s[3].get("kind") == "adversarial"]
+    out = {}
+    for n_img in (1, 2):
+        group = [b for b in idx if len(batch[b][0]) == n_img]
+        if not group or not steps:
+            continue
+        judge.vlm.eval()
+        images = [tw.to_tensor([tw.render(batch[b][0][j]) for b in group]) for j in range(n_img)]
+        want = [batch[b][2] == "no" for b in group]  # push towards the wrong answer
+        x, _ = J.attack(judge, images, [batch[b][1] for b in group], want, steps, lr)
+        out.update(dict(zip(group, x)))
+    return out
+
+
 def pretrain_judge(a):
     from transformers import Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(a.seed)
@@ -258,6 +269,16 @@ def pretrain_judge(a):
     state_path = os.path.join(a.state_dir, "judge_state.pt")
     tokenizer = J.judge_tokenizer()
     vlm = Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(tokenizer))
+    if a.init:  # start from another judge: every weight, and the shared words' embeddings
+        old = V.load_judge(a.init)
+        sd, key = old.vlm.state_dict(), "model.language_model.embed_tokens.weight"
+        emb, vocab = vlm.state_dict()[key].clone(), old.tokenizer.get_vocab()
+        for w, i in tokenizer.get_vocab().items():
+            if w in vocab:
+                emb[i] = sd[key][vocab[w]]
+        sd[key] = emb
+        sd.pop("lm_head.weight", None)  # tied to the embeddings
+        print(vlm.load_state_dict(sd, strict=False))
     judge = V.Judge(vlm, tokenizer)
     heads = CellHeads(vlm.config.text_config.hidden_size)
     ground = GroundHeads(vlm.config.text_config.hidden_size)
@@ -287,8 +308,9 @@ def pretrain_judge(a):
             s = J.judge_sample(rng, rng.choices(tasks, weights)[0], tuple(a.kinds), cells)
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
+        perturbed = adversarial(judge, batch, a.adv_steps, a.adv_lr)
         vlm.train()
-        lm, aux = judge_batch_loss(judge, heads, batch, ground)
+        lm, aux = judge_batch_loss(judge, heads, batch, ground, perturbed)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
         opt.zero_grad(set_to_none=True)
@@ -301,8 +323,11 @@ def pretrain_judge(a):
         if step % a.eval_every == 0 or step == a.steps:
             vlm.eval()
             acc = J.judge_accuracy(judge, evalset)
+            rob = J.robustness(judge, n=a.probe_n, steps=(50,))[50] if a.probe_n else None
             tqdm.write(f"step {step} | {(time.time() - t0) / 60:.1f} min | lm {lm.item():.3f} "
-                       f"aux {aux.item():.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+                       f"aux {aux.item():.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in acc.items())
+                       + (f" | attack 50 steps: flipped {rob[0]:.3f}, mean |dx| {rob[1]:.1f}/255"
+                          if rob else ""))
             atomic_save_dir(out, lambda d: (vlm.save_pretrained(d), tokenizer.save_pretrained(d)))
             os.makedirs(a.state_dir, exist_ok=True)
             torch.save({"vlm": vlm.state_dict(), "heads": heads.state_dict(),
@@ -337,11 +362,14 @@ if __name__ == "__main__":
     p.add_argument("--mix", type=float, nargs=5, default=(0.1, 0.1, 0.2, 0.25, 0.35),
                    help="judge: task weights caption change vqa single pair")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--init", default="", help="prior: start from this prior folder (fine-tune)")
-    p.add_argument("--captions", type=float, default=0.0,
+    p.add_argument("--adv_steps", type=int, default=0,
+                   help="judge: attack steps for the adversarial candidates (0: left unperturbed)")
+    p.add_argument("--adv_lr", type=float, default=0.02, help="judge: the attack's lr")
+    p.add_argument("--probe_n", type=int, default=0,
+                   help="judge: unchanged references attacked at each eval (robustness)")
+    p.add_argument("--init", default="", help="start from this prior or judge folder (fine-tune)")
+    p.add_argument("--captions", type=float, default=0.75,
                    help="prior: share of captioners' captions (toytext.caption), the rest prompts")
-    p.add_argument("--shuffle", type=float, default=0.0,
-                   help="prior: share of prompts whose cell segments come in a random order")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     {"prior": pretrain_prior, "judge": pretrain_judge}[a.what](a)
