@@ -157,6 +157,7 @@ def test_clip_zeroes_the_gradient_only_on_the_clipped_side():
 
 
 def test_kl_term_pulls_the_mean_back_to_the_initial_model():
+    torch.manual_seed(0)
     mu_ref = torch.randn(2, 3, 3, 4, 4)
     delta = 0.1 * torch.randn_like(mu_ref)
     mu_new = (mu_ref + delta).requires_grad_(True)
