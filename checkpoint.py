@@ -12,7 +12,7 @@ first and rank 0 alone writes, so a checkpoint trained on eight GPUs loads (and 
 import json
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -102,25 +102,42 @@ def load_checkpoint(path, modules, opts, rng, fsdp=False):
     return st["stage"], st["step"]
 
 
-def load_editor(path, device="cpu"):
-    """The EMA editor of a run: path is its out_dir or its ckpt folder. -> (generator, Config).
-    Raises FileNotFoundError / ValueError with a one-line reason for a missing or foreign one."""
+def load_editor(path, device="cpu", prior=None, vae=False):
+    """The EMA editor of a training run or of an export: path is a run's out_dir or ckpt folder,
+    or a folder written by export.py. -> (generator, Config); vae=True: (generator, Config, vae),
+    vae None in the small world (it edits pixels). A real preset's run rebuilds its frozen models
+    from the base model its Config names, or from `prior`, a folder holding it (the small world:
+    another prior folder). Raises FileNotFoundError / ValueError with a one-line reason for a
+    missing or foreign checkpoint; base weights that cannot be loaded (offline, not downloaded)
+    are a one-line SystemExit naming them (real._fail)."""
+    import export
+    if os.path.exists(os.path.join(path, export.EDITOR_JSON)):
+        out = export.load_export(path, device, prior)
+        return out if vae else out[:2]
     ckpt = path if os.path.exists(f"{path}/state.json") else f"{path}/ckpt"
     if not os.path.exists(f"{ckpt}/state.json") or not os.path.exists(f"{ckpt}/model.safetensors"):
         raise FileNotFoundError(f"no checkpoint in {path!r} (expected {ckpt}/state.json and "
-                                "model.safetensors; train one with: python train.py --config small)")
+                                "model.safetensors; train one with: python train.py)")
     try:
         st = json.load(open(f"{ckpt}/state.json"))
-        cfg = Config(**st["config"])
-    except (ValueError, TypeError, KeyError) as e:
+        known = {f.name for f in fields(Config)}  # options added or dropped since: defaults
+        cfg = Config(**{k: v for k, v in st["config"].items() if k in known})
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ValueError(f"{ckpt}/state.json is not a checkpoint of this repo ({e})")
-    if cfg.kind != "small":
-        raise ValueError(f"{ckpt} is a {cfg.kind} preset's run; sample.py edits small-world runs")
-    transformer, text_encoder, tok = M.small_prior(cfg.prior)
-    generator = M.Generator.from_prior(transformer, text_encoder, tok)
-    w = load_file(f"{ckpt}/model.safetensors")
+    ema = {k[4:]: v for k, v in load_file(f"{ckpt}/model.safetensors").items()
+           if k.startswith("ema.")}
     try:
-        generator.load_state_dict({k[4:]: v for k, v in w.items() if k.startswith("ema.")})
+        if cfg.kind == "real":
+            import real
+            generator, ae = real.load_real_editor(cfg, device, prior, ema=ema)
+        else:
+            prior = prior or cfg.prior
+            if prior != "random" and not os.path.isdir(prior):
+                raise FileNotFoundError(f"the run's prior {prior!r} is missing; pass the folder "
+                                        "it was trained from with --prior PATH")
+            generator, ae = M.Generator.from_prior(*M.small_prior(prior)), None
+            generator.load_state_dict(ema)
+            generator = generator.to(device).eval().requires_grad_(False)
     except RuntimeError as e:
         raise ValueError(f"{ckpt} does not match its preset's model ({str(e).splitlines()[0]})")
-    return generator.to(device).eval(), cfg
+    return (generator, cfg, ae) if vae else (generator, cfg)

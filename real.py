@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 from transformers import (AutoProcessor, AutoTokenizer, Gemma2Config, Gemma2Model,
                           Qwen2_5_VLForConditionalGeneration)
 
+import model as M
 import toyworld
 import vlm_reward
 
@@ -34,11 +35,15 @@ TINY_WORDS = ("photo of with in front behind her his their man woman dog cat car
 
 def quiet():
     """Silence the per-load progress bars of transformers and diffusers ("Loading weights"),
-    which scripts that only load models print on stderr; warnings and errors still show."""
+    which scripts that only load models print on stderr, and a deprecation warning that
+    diffusers' loading raises inside huggingface_hub; other warnings and errors still show."""
+    import warnings
+
     import diffusers
     import transformers
     transformers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
 
 
 def _fail(path, key, err):
@@ -290,15 +295,17 @@ def load_vlm(path, tiny=False, image_size=448, dtype=torch.float32, key="vlm",
 # ----------------------------------------------------------------------------- data
 
 FIELDS = ("image", "instruction", "edited_caption", "type")
-OPTIONAL = ("caption",)  # checked like FIELDS when present
+OPTIONAL = ("caption", "object")  # checked like FIELDS when present
 
 
-def read_jsonl(path):
+def read_jsonl(path, fields=FIELDS, optional=OPTIONAL):
     """Real-preset data: one JSON object per line, {"image": path, "instruction": str,
     "edited_caption": str, "type": str}, optionally "caption" (of the input image: the identity
-    warm-up's prompt, else the instruction); an image path is relative to the JSONL's folder.
+    warm-up's prompt, else the instruction) and "object" (a removal's object, else read off the
+    instruction); an image path is relative to the JSONL's folder.
     -> a list of dicts with the image path resolved. Blank lines are skipped; anything else
-    wrong raises ValueError naming file:line and the problem."""
+    wrong raises ValueError naming file:line and the problem. fields / optional: the string
+    fields required / checked when present (sample.py and eval.py read other JSONLs with it)."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     root, rows = os.path.dirname(os.path.abspath(path)), []
@@ -312,7 +319,7 @@ def read_jsonl(path):
                 raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            for k in FIELDS + tuple(k for k in OPTIONAL if k in row):
+            for k in tuple(fields) + tuple(k for k in optional if k in row):
                 v = row.get(k)
                 problem = ("missing" if k not in row else f"not a string ({type(v).__name__})"
                            if not isinstance(v, str) else "empty" if not v.strip() else None)
@@ -325,10 +332,10 @@ def read_jsonl(path):
     return rows
 
 
-def load_image(path, resolution):
-    """-> (3, R, R) float in [-1, 1]. Any image PIL reads: EXIF rotation applied, transparency
-    composited on white, grayscale and 16-bit made 8-bit RGB; resized (bicubic) so the SHORT
-    side is R, then center-cropped. An unreadable or truncated file raises ValueError."""
+def open_rgb(path):
+    """Any image PIL reads -> an 8-bit RGB PIL image: EXIF rotation applied, transparency
+    composited on white, grayscale, palette and 16-bit made RGB. An unreadable, truncated or
+    too large (PIL's decompression-bomb limit) file raises ValueError; its cause is PIL's error."""
     try:
         with Image.open(path) as f:
             f.load()  # decode now, so a truncated file fails here
@@ -339,14 +346,22 @@ def load_image(path, resolution):
         if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
             rgba = img.convert("RGBA")
             img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-        img = img.convert("RGB")
+        return img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def square(img, resolution):
+    """A PIL image resized (bicubic) so its SHORT side is R, then center-cropped to R x R."""
     w, h = img.size
     s = resolution / min(w, h)
     nw, nh = max(resolution, round(w * s)), max(resolution, round(h * s))
     img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - resolution) // 2, (nh - resolution) // 2
-    img = img.crop((left, top, left + resolution, top + resolution))
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return x.float() / 127.5 - 1
+    return img.crop((left, top, left + resolution, top + resolution))
+
+
+def load_image(path, resolution):
+    """-> (3, R, R) float in [-1, 1]: open_rgb, then square. ValueError if unreadable."""
+    x = torch.from_numpy(np.asarray(square(open_rgb(path), resolution), dtype=np.uint8).copy())
+    return x.permute(2, 0, 1).float() / 127.5 - 1

@@ -176,6 +176,13 @@ def test_read_jsonl(tmp_path):
             real.read_jsonl(path)
     with pytest.raises(ValueError, match="no such file"):
         real.read_jsonl(str(tmp_path / "absent.jsonl"))
+    # other JSONLs (sample.py's inputs): their own required and optional fields
+    only = _write(tmp_path / "inputs.jsonl", ['{"image": "a.png"}'])
+    assert real.read_jsonl(only, fields=("image",), optional=("instruction",))[0]["image"] == \
+        str(tmp_path / "a.png")
+    empty = _write(tmp_path / "inputs2.jsonl", ['{"image": "a.png", "instruction": " "}'])
+    with pytest.raises(ValueError, match="inputs2.jsonl:1: field 'instruction' is empty"):
+        real.read_jsonl(empty, fields=("image",), optional=("instruction",))
 
 
 def test_load_image_modes_and_center_crop(tmp_path):
@@ -296,3 +303,60 @@ def test_random_weights_build_the_published_sizes():
             assert n(vlm) + vocab / 1e9 == pytest.approx(size, abs=0.01)
     with pytest.raises(SystemExit, match="names none of them"):
         real.published_text_to_image("someone/Sana_900M_512px")
+
+
+# ----------------------------------------------------------------------------- inference
+
+def test_a_lora_runs_editor_loads_merged_and_unchanged():
+    """load_real_editor rebuilds a tiny run's frozen twins from its seed (the very weights it
+    trained with) and merges its LoRA adapters into the transformer without changing a velocity."""
+    import dataclasses
+
+    import model as M
+    from config import Config
+    cfg = Config(kind="real", prior="unused", tiny=True, resolution=64, seed=3, lora_rank=4)
+    torch.manual_seed(cfg.seed)  # as train.py does right before building the models
+    transformer, vae, text_encoder, tok = real.load_text_to_image("unused", True, 64)
+    cache = real.TextCache(text_encoder, tok)
+    gen = M.Generator.from_prior(transformer, None, tok, text_cache=cache)
+    M.add_lora(gen.transformer, cfg.lora_rank)
+    with torch.no_grad():  # trained adapters: B != 0 (at init B = 0 and merging is trivial)
+        for n, p in gen.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    x, ref, t = torch.randn(2, 32, 2, 2), torch.randn(2, 32, 2, 2), torch.tensor([0.9, 0.4])
+    text, mask = gen.condition(["make the cat a dog", "add a hat"])
+    with torch.no_grad():
+        v_lora = gen(x, t, ref, text, mask)
+        gen.transformer.disable_adapters()
+        v_base = gen(x, t, ref, text, mask)
+        gen.transformer.enable_adapters()
+    merged, vae2 = real.load_real_editor(cfg, ema=gen.state_dict())
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        v = merged(x, t, ref, *merged.condition(["make the cat a dog", "add a hat"]))
+    assert torch.allclose(v, v_lora, atol=1e-4) and not torch.allclose(v, v_base, atol=1e-2)
+    for a, b in ((vae, vae2), (text_encoder, merged.text_cache.text_encoder)):
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                      b.state_dict().values()))
+    assert not any(p.requires_grad for p in merged.parameters())
+    with pytest.raises(RuntimeError):  # weights of another model: the caller's one-line error
+        real.load_real_editor(dataclasses.replace(cfg, lora_rank=0), ema=gen.state_dict())
+
+
+def test_open_rgb_and_square_keep_what_the_editor_sees(tmp_path):
+    """square is load_image's crop; open_rgb keeps PIL's error as the cause (sample.py names it)."""
+    a = np.zeros((40, 100, 3), np.uint8)
+    a[:, 30:70] = 255  # a white band in the middle 40 columns: the center square holds it
+    Image.fromarray(a).save(tmp_path / "wide.png")
+    img = real.open_rgb(str(tmp_path / "wide.png"))
+    assert img.size == (100, 40) and img.mode == "RGB"
+    sq = np.asarray(real.square(img, 40))
+    assert sq.shape == (40, 40, 3) and sq.min() == 255
+    x = real.load_image(str(tmp_path / "wide.png"), 40)
+    assert torch.equal(x, torch.from_numpy(sq.copy()).permute(2, 0, 1).float() / 127.5 - 1)
+    (tmp_path / "text.png").write_text("not an image")
+    from PIL import UnidentifiedImageError
+    with pytest.raises(ValueError) as e:
+        real.open_rgb(str(tmp_path / "text.png"))
+    assert isinstance(e.value.__cause__, UnidentifiedImageError)

@@ -1,11 +1,12 @@
-"""sample.py on any input, with one-line errors for bad input:  python -m pytest -q test_sample.py"""
+"""sample.py on any input (an image, a folder, a JSONL; any mode and size), with one-line errors for
+bad input and bad --out, and warnings for what the text encoder cannot read:
+python -m pytest -q test_sample.py (the real path: test_export.py)"""
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
-import torch
 import pytest
 from PIL import Image
 
@@ -66,14 +67,20 @@ def _bad_files(tmp_path):
     tw.render(tw.Scene("white", (None,) * 4)).save(tmp_path / "full.png")
     data = (tmp_path / "full.png").read_bytes()
     (tmp_path / "trunc.png").write_bytes(data[:len(data) // 2])
+    (tmp_path / "no_images").mkdir()
+    (tmp_path / "no_images" / "notes.txt").write_text("x")
+    # 20000 x 20000: past PIL's decompression-bomb limit (a 1-bit PNG of it is 48 KB on disk)
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")
     return {"missing": (tmp_path / "nope.png", "no such file"),
-            "directory": (tmp_path, "is a directory"),
+            "folder without images": (tmp_path / "no_images", "no images in"),
             "empty": (tmp_path / "empty.png", "empty (0 bytes)"),
             "not an image": (tmp_path / "text.png", "not an image"),
-            "truncated": (tmp_path / "trunc.png", "truncated")}
+            "truncated": (tmp_path / "trunc.png", "truncated"),
+            "bomb": (tmp_path / "bomb.png", "too large to edit")}
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "empty", "not an image", "truncated"])
+@pytest.mark.parametrize("case", ["missing", "folder without images", "empty", "not an image",
+                                  "truncated", "bomb"])
 def test_bad_image_is_a_one_line_error(ckpt, tmp_path, capsys, case):
     path, msg = _bad_files(tmp_path)[case]
     code, out, err = run(capsys, "--image", str(path), "--instr", "do nothing", "--ckpt", ckpt)
@@ -109,8 +116,10 @@ def test_bad_checkpoints_are_errors(ckpt, tmp_path, capsys):
 def test_bad_options_are_errors(capsys):
     code, _, err = run(capsys, "--scene", "x", "--instr", "y", "--bogus", "1")
     assert code == 2 and "unrecognized arguments" in err
-    code, _, err = run(capsys, "--scene", "x", "--instr", "y", "--steps", "two")
-    assert code == 2 and "invalid" in err
+    code, _, err = run(capsys, "--scene", "x", "--image", "a.png", "--instr", "y")
+    assert code == 2 and "not allowed with" in err
+    code, _, err = run(capsys, "--image", "a.png")
+    assert code == 2 and "--instr is required" in err
     code, _, err = run(capsys, "--scene", "a pink blob at top left on a white background",
                        "--instr", "y")
     assert code == 2 and "could not read" in err
@@ -121,3 +130,83 @@ def test_long_instruction_is_truncated_with_a_warning(ckpt, tmp_path, capsys):
                          "--instr", " ".join(["make the red circle blue"] * 20), "--ckpt", ckpt,
                          "--out", str(tmp_path / "o.png"))
     assert code == 0 and "truncated" in err
+
+
+def test_out_paths(ckpt, tmp_path, capsys):
+    args = ["--scene", "a red circle at top left on a white background", "--instr",
+            "make the red circle blue", "--ckpt", ckpt]
+    new = tmp_path / "not" / "yet" / "edited.jpg"  # folders --out needs are created
+    code, out, err = run(capsys, *args, "--out", str(new))
+    assert code == 0 and Image.open(new).size == (32, 32), err
+    assert "created if missing" in " ".join(_help(capsys).split())  # and --help says so
+    for out, msg in ((tmp_path, "is a folder"), (tmp_path / "edited", "no extension"),
+                     (tmp_path / "edited.gif", "unknown image extension '.gif'")):
+        code, _, err = run(capsys, *args, "--out", str(out))
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+        assert ".png, .jpg" in err or msg == "is a folder"
+
+
+def _help(capsys):
+    with pytest.raises(SystemExit):
+        sample.main(["--help"])
+    return capsys.readouterr().out
+
+
+def test_unknown_words_are_warned_about(ckpt, tmp_path, capsys):
+    args = ["--scene", "a red circle at top left on a white background", "--ckpt", ckpt,
+            "--out", str(tmp_path / "o.png")]
+    for instr, unknown in (("xyzzy plugh", "xyzzy plugh"), ("make it 🙂", "🙂"),
+                           ("把圆变成蓝色", "把圆变成蓝色")):
+        code, out, err = run(capsys, *args, "--instr", instr)
+        assert code == 0 and f"words the editor never saw (read as [UNK]): {unknown}" in err, err
+    code, out, err = run(capsys, *args, "--instr", "make the red circle blue")
+    assert code == 0 and "warning" not in err and "Loading weights" not in err, err
+
+
+def test_folder_and_jsonl_inputs_write_one_output_each(ckpt, tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, name in enumerate(("a.png", "b.jpg", "c.webp")):
+        tw.render(tw.Scene("white", (("red", "circle"), None, None, None))).resize(
+            (40 + i, 40)).save(d / name)
+    (d / "readme.txt").write_text("not an image: skipped")
+    code, out, err = run(capsys, "--image", str(d), "--instr", "remove the red circle",
+                         "--ckpt", ckpt, "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "b.png", "c.png"]
+    assert "editing: 100%" in err  # a progress bar over the inputs
+    rows = [{"image": "in/a.png", "instruction": "make the red circle blue"},
+            {"image": "in/b.jpg"}]  # no instruction: --instr fills it
+    (tmp_path / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run(capsys, "--image", str(tmp_path / "edits.jsonl"), "--ckpt", ckpt,
+                         "--out", str(tmp_path / "out2"))
+    assert code == 2 and "row 2" in err and "no instruction" in err  # and no --instr
+    code, out, err = run(capsys, "--image", str(tmp_path / "edits.jsonl"), "--ckpt", ckpt,
+                         "--instr", "do nothing", "--out", str(tmp_path / "out2"), "--keep_size")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "out2")) == ["00000_a.png", "00001_b.png"]
+    assert Image.open(tmp_path / "out2" / "00001_b.png").size == (41, 40)  # --keep_size
+    (tmp_path / "file.png").write_bytes(b"x")
+    code, out, err = run(capsys, "--image", str(d), "--instr", "x", "--ckpt", ckpt,
+                         "--out", str(tmp_path / "file.png"))
+    assert code == 2 and "is a file" in err
+
+
+def test_real_run_without_its_base_weights_is_one_line_naming_them(ckpt, tmp_path, capsys,
+                                                                   monkeypatch):
+    """A real preset's run whose base model is neither cached nor reachable (offline)."""
+    import huggingface_hub.constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    (tmp_path / "run" / "ckpt").mkdir(parents=True)
+    st = json.load(open(f"{ckpt}/ckpt/state.json"))
+    st["config"].update(kind="real", prior="nobody/Sana_600M_512px_diffusers", tiny=False,
+                        resolution=512)
+    json.dump(st, open(tmp_path / "run" / "ckpt" / "state.json", "w"))
+    os.link(f"{ckpt}/ckpt/model.safetensors", tmp_path / "run" / "ckpt" / "model.safetensors")
+    Image.new("RGB", (64, 48)).save(tmp_path / "in.png")
+    code, out, err = run(capsys, "--image", str(tmp_path / "in.png"), "--instr", "add a hat",
+                         "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "o.png"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: cannot load 'nobody/Sana_600M_512px_diffusers'")
+    assert "hf download nobody/Sana_600M_512px_diffusers" in err and "--prior=PATH" in err
