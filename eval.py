@@ -3,10 +3,10 @@
     python eval.py --ckpt out/small                                    # (a) the small world
     python eval.py --gedit gedit/ --ckpt out/base --judge Qwen/Qwen2.5-VL-7B-Instruct   # (b)
 
-(a) Small world: over the fixed, seeded eval set (toyworld.eval_edits: 500 edits, all five types,
-held-out phrasings and colour x shape combinations included) the oracle's success, preservation
-and realism per edit type, the held-out combinations separately; writes <ckpt>/eval/metrics.json
-and a before/after grid (rows: input, edited, oracle target).
+(a) Small world: over the fixed, seeded eval set (toytext.eval_edits: 500 edits, all five types,
+held-out grammar and colour x shape combinations included) the oracle's success, preservation
+and realism per edit type, and on the held-out parts separately; writes <ckpt>/eval/metrics.json
+and a grid (rows: input, edited, oracle target; each column captioned with its instruction).
 
 (b) GEdit-Bench, the paper's benchmark, in one resumable command: edit every item with the
 editor (--ckpt: a run or an export.py folder; as sample.py --keep_size: the input's short side
@@ -44,7 +44,10 @@ import sys
 def table(metrics):
     """The oracle metrics as a markdown table."""
     rows = [("overall", metrics["overall"]), *metrics["by_type"].items(),
-            ("held-out combos", metrics["heldout_combos"])]
+            *[(k, metrics[key]) for k, key in (("trained grammar and combos", "trained"),
+                                                ("held-out grammar", "heldout_grammar"),
+                                                ("held-out combos", "heldout_combos"))
+              if key in metrics]]
     if "warmup_only" in metrics:
         rows.append(("warm-up only (overall)", metrics["warmup_only"]))
     out = ["| edits | success | preservation | realism |", "|---|---|---|---|"]
@@ -336,12 +339,17 @@ def main(argv=None, judge_fn=None):
         sys.exit(2)
     out = a.out or os.path.join(a.ckpt, "eval")
     os.makedirs(out, exist_ok=True)
-    edits = tw.eval_edits(a.n, seed=a.seed)
+    import toytext as tt
+    edits = tt.eval_edits(a.n, seed=a.seed)
     with torch.no_grad():
         metrics, images = tw.evaluate(M.editor_fn(generator, "cpu", cfg.shift), edits)
     json.dump(metrics, open(f"{out}/metrics.json", "w"), indent=1)
-    tw.grid([[tw.render(e.reference) for e in edits[:20]], images[:20],
-             [tw.render(e.target) for e in edits[:20]]]).save(f"{out}/grid.png")
+    idx = [*range(5), *range(10, 15)]  # each type in the held-out grammar, then in the trained
+    show = [edits[i] for i in idx]
+    tw.grid([[tw.render(e.reference) for e in show], [images[i] for i in idx],
+             [tw.render(e.target) for e in show]],
+            scale=4, captions=[e.instruction for e in show],
+            names=["input", "edited", "target"]).save(f"{out}/grid.png")
     print(table(metrics))
     print(f"wrote {out}/metrics.json and {out}/grid.png (rows: input, edited, oracle target)")
 

@@ -25,6 +25,7 @@ from transformers import (AutoProcessor, AutoTokenizer, Gemma2Config, Gemma2Mode
                           Qwen2_5_VLForConditionalGeneration)
 
 import model as M
+import toytext
 import toyworld
 import vlm_reward
 
@@ -76,7 +77,7 @@ def tiny_text_to_image(resolution=512):
         decoder_layers_per_block=layers, upsample_block_type="interpolate",
         decoder_norm_types=("batch_norm",) * 3 + ("rms_norm",) * 3,
         decoder_act_fns=("relu",) * 3 + ("silu",) * 3, scaling_factor=0.41407)  # the real one's
-    tokenizer = toyworld.build_tokenizer(extra_words=TINY_WORDS)  # [CLS] plays Gemma's <bos>
+    tokenizer = toytext.build_tokenizer(extra_words=TINY_WORDS)  # [CLS] plays Gemma's <bos>
     tokenizer.model_max_length = 300
     text_encoder = Gemma2Model(Gemma2Config(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -119,7 +120,7 @@ def published_text_to_image(path, resolution=512):
     vae = AutoencoderDC(upsample_block_type="interpolate", scaling_factor=0.41407,
                         decoder_norm_types=("batch_norm",) * 3 + ("rms_norm",) * 3,
                         decoder_act_fns=("relu",) * 3 + ("silu",) * 3)
-    tokenizer = toyworld.build_tokenizer(extra_words=TINY_WORDS)
+    tokenizer = toytext.build_tokenizer(extra_words=TINY_WORDS)
     tokenizer.model_max_length = 300
     text_encoder = Gemma2Model(Gemma2Config(
         vocab_size=len(tokenizer), hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,

@@ -21,14 +21,13 @@ edited square scaled back over the crop it came from, the margins outside the cr
 editor never saw) kept from the input. One image: --out FILE (default out.png; the small world
 also writes FILE_x4.png, input | output enlarged 4x); a folder or a JSONL: --out FOLDER (default
 edited/), one NAME.png per input. Folders --out needs are created.
---scene renders a small-world input from its sentence (toyworld.sentence): no drawing needed.
+--scene renders a small-world input from a complete caption (toytext.read_caption): no drawing needed.
 Bad input is a one-line error and exit code 2. Warnings: instructions over the text encoder's
 limit (48 tokens small world, 300 real) are truncated; words a word-level tokenizer (the small
 world's, the tiny twins') does not know are read as [UNK].
 """
 import argparse
 import os
-import re
 import sys
 
 ERR = 2
@@ -60,20 +59,26 @@ def open_image(path):
 
 
 def scene_from_caption(text):
-    """'a red circle at top left and a blue square at bottom right on a white background'."""
+    """A complete caption of the small world (every object with its place, toytext.caption),
+    e.g. 'a red circle at top left and a blue square at the bottom right on a white background'
+    -> the Scene, or a one-line error."""
+    import toytext as tt
     import toyworld as tw
-    m = re.fullmatch(r"\s*(.*?)\s*on an? (\w+) background\s*", text.lower())
-    if not m or m.group(2) not in tw.BACKGROUNDS:
-        fail(f"--scene: could not read {text!r}; write it like toyworld.sentence, e.g. "
+    try:
+        cap = tt.read_caption(" ".join(text.lower().split()))
+    except ValueError:
+        fail(f"--scene: could not read {text!r}; write it like a caption of the small world, e.g. "
              "'a red circle at top left on a white background'")
     cells = [None] * 4
-    for part in m.group(1).split(" and "):
-        pm = re.fullmatch(r"an? (\w+) (\w+) at (top left|top right|bottom left|bottom right)", part)
-        if not pm or pm.group(1) not in tw.COLORS or pm.group(2) not in tw.SHAPES:
-            fail(f"--scene: could not read {part!r} (colours: {', '.join(tw.COLORS)}; shapes: "
-                 f"{', '.join(tw.SHAPES)}; cells: {', '.join(tw.CELLS)})")
-        cells[tw.CELLS.index(pm.group(3))] = (pm.group(1), pm.group(2))
-    return tw.Scene(m.group(2), tuple(cells))
+    for c, s, cell, n in cap.items:
+        if c not in tw.COLORS or s not in tw.SHAPES or cell is None or n != 1:
+            fail(f"--scene: name each object as a colour, a shape and a place (colours: "
+                 f"{', '.join(tw.COLORS)}; shapes: {', '.join(tw.SHAPES)}; places: "
+                 f"{', '.join(tw.CELLS)})")
+        cells[cell] = (c, s)
+    if cap.bg not in tw.BACKGROUNDS:
+        fail(f"--scene: the background must be one of {', '.join(tw.BACKGROUNDS)}")
+    return tw.Scene(cap.bg, tuple(cells))
 
 
 def load(ckpt, device, prior=None):

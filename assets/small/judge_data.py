@@ -145,6 +145,17 @@ def balanced(rng, fn, *args):
             return out
 
 
+def adversarial_sample(rng):
+    """An unchanged reference asked the edit question (an edit's expected answer would be wrong),
+    to be attacked by attack() while training: (images, question, answer, info)."""
+    edit = tt.random_edit(rng, "pretrain")
+    q, n_img, _ = V.edit_questions(edit.instruction, edit.type, edit.object)[0]
+    yes = n_img == 1  # a removal's "does the image have <object>?": yes, still there
+    return [edit.reference] * n_img, q, "yes" if yes else "no", \
+        {"type": "edit_done", "kind": "adversarial",
+         "ground": grounding([edit.reference] * n_img, next((e for e in edit.touched if e != "bg"), None))}
+
+
 def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4, grammar="pretrain"):
     """One judge training/eval sample: (images as scenes, question, answer, info)."""
     if task == "caption":

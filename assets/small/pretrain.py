@@ -261,6 +261,15 @@ def adversarial(judge, batch, steps, lr):
     return out
 
 
+def noisy(batch, perturbed, p):
+    """Noise augmentation: with probability p a sample's last image gets Gaussian noise of a
+    random std in [0, 0.15], so that noise itself (which an editor's outputs carry) is no cue."""
+    for b, (imgs, *_) in enumerate(batch):
+        if p and float(torch.rand(())) < p:  # torch's seeded stream: reproducible
+            x = perturbed.get(b, tw.to_tensor([tw.render(imgs[-1])])[0])
+            perturbed[b] = (x + 0.15 * float(torch.rand(())) * torch.randn_like(x)).clamp(-1, 1)
+
+
 def pretrain_judge(a):
     from transformers import Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(a.seed)
@@ -308,7 +317,9 @@ def pretrain_judge(a):
             s = J.judge_sample(rng, rng.choices(tasks, weights)[0], tuple(a.kinds), cells)
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
+        batch += [J.adversarial_sample(rng) for _ in range(a.adv_n)]
         perturbed = adversarial(judge, batch, a.adv_steps, a.adv_lr)
+        noisy(batch, perturbed, a.noise)
         vlm.train()
         lm, aux = judge_batch_loss(judge, heads, batch, ground, perturbed)
         for g in opt.param_groups:
@@ -365,6 +376,10 @@ if __name__ == "__main__":
     p.add_argument("--adv_steps", type=int, default=0,
                    help="judge: attack steps for the adversarial candidates (0: left unperturbed)")
     p.add_argument("--adv_lr", type=float, default=0.02, help="judge: the attack's lr")
+    p.add_argument("--adv_n", type=int, default=0,
+                   help="judge: attacked unchanged references added to every batch")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="judge: share of images given Gaussian noise (augmentation)")
     p.add_argument("--probe_n", type=int, default=0,
                    help="judge: unchanged references attacked at each eval (robustness)")
     p.add_argument("--init", default="", help="start from this prior or judge folder (fine-tune)")
