@@ -340,8 +340,12 @@ def main(argv=None, judge_fn=None):
     with torch.no_grad():
         metrics, images = tw.evaluate(M.editor_fn(generator, "cpu", cfg.shift), edits)
     json.dump(metrics, open(f"{out}/metrics.json", "w"), indent=1)
-    tw.grid([[tw.render(e.reference) for e in edits[:20]], images[:20],
-             [tw.render(e.target) for e in edits[:20]]]).save(f"{out}/grid.png")
+    idx = [*range(5), *range(10, 15)]  # each type in the held-out grammar, then in the trained
+    show = [edits[i] for i in idx]
+    tw.grid([[tw.render(e.reference) for e in show], [images[i] for i in idx],
+             [tw.render(e.target) for e in show]],
+            scale=4, captions=[e.instruction for e in show],
+            names=["input", "edited", "target"]).save(f"{out}/grid.png")
     print(table(metrics))
     print(f"wrote {out}/metrics.json and {out}/grid.png (rows: input, edited, oracle target)")
 

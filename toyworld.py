@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 SIZE, CELL = 32, 16
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
@@ -385,9 +385,10 @@ def evaluate(edit_fn, edits, batch=100):
     return summarize(edits, images), images
 
 
-def grid(rows, scale=3, pad=2):
+def grid(rows, scale=3, pad=2, captions=None, names=None):
     """rows: lists of same-size square images (PIL or uint8 arrays) -> one PIL image, a row per
-    list, enlarged scale times (nearest)."""
+    list, enlarged scale times (nearest). captions: a text under each column (e.g. its
+    instruction, wrapped); names: a label left of each row."""
     rows = [[im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in r]
             for r in rows]
     s, w = rows[0][0].width, max(len(r) for r in rows)
@@ -395,7 +396,23 @@ def grid(rows, scale=3, pad=2):
     for i, r in enumerate(rows):
         for j, im in enumerate(r):
             out.paste(im, (pad + j * (s + pad), pad + i * (s + pad)))
-    return out.resize((out.width * scale, out.height * scale), Image.NEAREST)
+    out = out.resize((out.width * scale, out.height * scale), Image.NEAREST)
+    if not captions and not names:
+        return out
+    import textwrap
+    font, cw = ImageFont.load_default(size=11), (s + pad) * scale
+    wrapped = [textwrap.wrap(c, max(8, cw // 7)) for c in captions or []]
+    left = max((font.getbbox(n)[2] for n in names or []), default=0) + (8 if names else 0)
+    tall = 13 * max((len(t) for t in wrapped), default=0) + 6
+    page = Image.new("RGB", (left + out.width, out.height + tall), "white")
+    page.paste(out, (left, 0))
+    draw = ImageDraw.Draw(page)
+    for i, n in enumerate(names or []):
+        draw.text((2, (pad + i * (s + pad)) * scale + s * scale // 2 - 6), n, "black", font)
+    for j, lines in enumerate(wrapped):
+        for k, line in enumerate(lines):
+            draw.text((left + pad * scale + j * cw, out.height + 3 + 13 * k), line, "black", font)
+    return page
 
 
 if __name__ == "__main__":
