@@ -45,8 +45,8 @@ def test_the_attack_flips_an_untrained_judge_and_robustness_reports_it():
     judge = V.Judge(V.Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(tok, 32, 32, 1))
                     .eval(), tok)
     rob = J.robustness(judge, n=10, steps=(20,), lr=0.05)
-    flips, dx, same = rob[20]
-    assert flips >= 0.8 and dx > 0 and 0 <= same <= 1, rob
+    flips, dx, fooled = rob[20]
+    assert flips >= 0.8 and dx > 0 and 0 <= fooled <= flips, rob
 
 
 def test_pretrain_prior_resumes(tmp_path):

@@ -276,23 +276,25 @@ def attack(judge, images, questions, want_yes, steps=50, lr=0.01, keep=None):
 
 def robustness(judge, n=200, steps=(50, 100), lr=0.01, seed=5):
     """Attack the edit question of n unchanged references (every edit type in turn, removal's
-    "does the image have" included): the share the attack flips to the answer an edit would get,
-    while the oracle still reads the image as the reference, and the mean |dx| in 0-255 levels.
-    -> {steps: (flip rate, mean |dx|, share the oracle still reads as unchanged)}."""
+    "does the image have" included), pushing towards the answer a done edit would get. -> {steps:
+    (flip rate: the share answering so after the attack; mean |dx| in 0-255 levels; fooled: the
+    share flipped while the oracle still reads the image as the unchanged reference)}."""
     rng = random.Random(seed)
     edits = [tt.random_edit(rng, "pretrain", tw.EDIT_TYPES[k % 5]) for k in range(n)]
     ref = tw.to_tensor([tw.render(e.reference) for e in edits])
     qs = [V.edit_questions(e.instruction, e.type, e.object)[0] for e in edits]
     out = {}
     for k in steps:
-        res, flips, dx, same = [], 0, 0.0, 0
+        flips, dx, fooled = 0, 0.0, 0
         for n_img in (1, 2):
             idx = [b for b, q in enumerate(qs) if q[1] == n_img]
             imgs = [ref[idx]] * n_img
-            want = [not qs[b][2] for b in idx]  # the answer of a done edit: yes, or "no, gone"
+            want = [qs[b][2] for b in idx]  # the answer of a done edit: yes, or "no, gone"
             x, d = attack(judge, imgs, [qs[b][0] for b in idx], want, steps=k, lr=lr)
-            flips += sum((di > 0) == w for di, w in zip(d.tolist(), want))
+            flip = [(di > 0) == w for di, w in zip(d.tolist(), want)]
+            same = [tw.parse(im) == edits[b].reference for b, im in zip(idx, tw.to_uint8(x))]
+            flips += sum(flip)
+            fooled += sum(f and s for f, s in zip(flip, same))
             dx += float((x - ref[idx]).abs().mean((1, 2, 3)).sum()) * 127.5
-            same += sum(tw.parse(im) == edits[b].reference for b, im in zip(idx, tw.to_uint8(x)))
-        out[k] = (flips / n, dx / n, same / n)
+        out[k] = (flips / n, dx / n, fooled / n)
     return out
