@@ -185,8 +185,7 @@ def sft_step(T, next_batch, step):
     with T.autocast():
         loss = M.edit_flow_loss(T.gen, T.S.to_latent(b.reference), T.S.to_latent(b.target),
                                 *T.S.generator.condition(b.instructions), shift=T.cfg.shift)
-    T.update(loss, step)
-    return {"sft": loss.item()}, len(b.instructions)
+    return {"sft": loss.item(), **T.update(loss, step)}, len(b.instructions)
 
 
 def grpo_step(T, next_batch, step):
@@ -208,5 +207,4 @@ def grpo_step(T, next_batch, step):
             mu_ref = log_probs(T.initial, traj, ref, text, mask)[1]
         loss = grpo_loss(logp, traj.logp, group_advantages(r, cfg.group_size), kl_coef=cfg.kl_coef,
                          mu_new=mu, mu_ref=mu_ref, std=traj.std)
-    T.update(loss, step)
-    return {"reward": r.mean().item()}, len(b.instructions)
+    return {"reward": r.mean().item(), **T.update(loss, step)}, len(b.instructions)

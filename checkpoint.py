@@ -20,6 +20,9 @@ from safetensors.torch import load_file, save_file
 import model as M
 from config import Config
 
+EDITOR_JSON = "editor.json"  # an export.py folder: the Config fields its editor needs
+KEYS = ("kind", "prior", "judge", "resolution", "shift", "tiny", "seed")
+
 
 def recover(path):
     """A kill between atomic_save_dir's two renames leaves no `path` but a complete `path.old`:
@@ -41,6 +44,36 @@ def atomic_save_dir(path, write):
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def shard(*modules):
+    """FSDP2: fully_shard every transformer block of each module, then the module itself."""
+    from torch.distributed.fsdp import fully_shard
+    for m in modules:
+        for block in getattr(m, "transformer", m).transformer_blocks:
+            fully_shard(block)
+        fully_shard(m)
+
+
+def replicas_identical(module, device, fsdp=False):
+    """Do all ranks hold the same weights? (a collective: all ranks call)"""
+    import torch.distributed as dist
+    flat = torch.cat([(p.detach().full_tensor() if fsdp else p.detach()).flatten().float().cpu()
+                      for p in module.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat.to(device))
+    return all(torch.equal(gathered[0].cpu(), g.cpu()) for g in gathered)
+
+
+def close_distributed():
+    """gloo's worker thread frees finished collectives, which needs the GIL; tearing the group
+    down (DDP's reducer) while it does deadlocked ~1 run in 5, so let it drain first."""
+    import time
+
+    import torch.distributed as dist
+    dist.barrier()
+    time.sleep(1)
+    dist.destroy_process_group()
 
 
 def full_state(module, fsdp=False):
@@ -102,6 +135,67 @@ def load_checkpoint(path, modules, opts, rng, fsdp=False):
     return st["stage"], st["step"]
 
 
+def load_real_editor(cfg, device="cpu", prior=None, ema=None, exported=None):
+    """A real preset's trained editor, for inference -> (generator, vae), frozen, on device.
+
+    The frozen models come from the run's base model: `prior` (a local copy) or cfg.prior; a
+    tiny run's twins are rebuilt from cfg.seed, the seed train.py sets right before building
+    them, so they are the very weights it trained with. The transformer is either a run's EMA
+    (ema: its state dict, Generator keys) put into the generator built as in training, LoRA
+    adapters included (cfg.lora_rank) and then merged into the weights, or an export.py folder
+    (exported: a SanaTransformer2DModel with the doubled in_channels, LoRA already merged)."""
+    import real
+    with torch.random.fork_rng():  # (the caller's RNG stream is left as it was)
+        torch.manual_seed(cfg.seed)
+        transformer, vae, text_encoder, tok = real.load_text_to_image(
+            prior or cfg.prior, cfg.tiny, cfg.resolution, key="prior")
+    cache = real.TextCache(text_encoder.to(device), tok)
+    if exported:
+        generator = M.Generator(real.SanaTransformer2DModel.from_pretrained(exported), None, tok, cache)
+    else:
+        generator = M.Generator.from_prior(transformer, None, tok, text_cache=cache)
+        if cfg.lora_rank:
+            M.add_lora(generator.transformer, cfg.lora_rank)
+        generator.load_state_dict(ema)  # RuntimeError when the run does not fit its preset
+        if cfg.lora_rank:  # W + B A into W, then drop the adapters: a plain Sana transformer
+            generator.transformer.fuse_lora()
+            generator.transformer.unload_lora()
+    return (generator.to(device).eval().requires_grad_(False),
+            vae.to(device).eval().requires_grad_(False))
+
+
+def real_editor_fn(generator, vae, device, shift):
+    """-> edit(PIL references at the run's resolution, instructions) -> uint8 images: encode the
+    reference, the 4-step sampler on latents (model.sample_edit, unclamped: latents are not in
+    [-1, 1]), decode. The latent twin of model.editor_fn."""
+    import real
+    import toyworld as tw
+
+    def edit(refs, instructions):
+        z = real.vae_encode(vae, tw.to_tensor(refs).to(device))
+        x = M.sample_edit(generator, z, instructions, shift=shift, clamp=False)
+        with torch.no_grad():
+            return list(tw.to_uint8(real.vae_decode(vae, x)))
+    return edit
+
+
+def load_export(path, device="cpu", prior=None):
+    """An exported folder -> (generator, Config, vae); vae None in the small world. A real
+    export's VAE and text encoder come from its base model (editor.json's prior, or `prior`)."""
+    info = json.load(open(os.path.join(path, EDITOR_JSON)))
+    cfg = Config(**{k: info[k] for k in KEYS if k in info})
+    if cfg.kind == "real":
+        generator, vae = load_real_editor(cfg, device, prior, exported=path)
+        return generator, cfg, vae
+    from diffusers import SanaTransformer2DModel
+    from transformers import AutoTokenizer, BertModel
+    transformer = M.use_softmax_attention(SanaTransformer2DModel.from_pretrained(path))
+    text_encoder = BertModel.from_pretrained(f"{path}/text_encoder", add_pooling_layer=False)
+    tok = AutoTokenizer.from_pretrained(f"{path}/tokenizer")
+    generator = M.Generator(transformer, text_encoder, tok)
+    return generator.to(device).eval().requires_grad_(False), cfg, None
+
+
 def load_editor(path, device="cpu", prior=None, vae=False):
     """The EMA editor of a training run or of an export: path is a run's out_dir or ckpt folder,
     or a folder written by export.py. -> (generator, Config); vae=True: (generator, Config, vae),
@@ -110,9 +204,8 @@ def load_editor(path, device="cpu", prior=None, vae=False):
     another prior folder). Raises FileNotFoundError / ValueError with a one-line reason for a
     missing or foreign checkpoint; base weights that cannot be loaded (offline, not downloaded)
     are a one-line SystemExit naming them (real._fail)."""
-    import export
-    if os.path.exists(os.path.join(path, export.EDITOR_JSON)):
-        out = export.load_export(path, device, prior)
+    if os.path.exists(os.path.join(path, EDITOR_JSON)):
+        out = load_export(path, device, prior)
         return out if vae else out[:2]
     ckpt = path if os.path.exists(f"{path}/state.json") else f"{path}/ckpt"
     if not os.path.exists(f"{ckpt}/state.json") or not os.path.exists(f"{ckpt}/model.safetensors"):
@@ -129,7 +222,7 @@ def load_editor(path, device="cpu", prior=None, vae=False):
     try:
         if cfg.kind == "real":
             import real
-            generator, ae = real.load_real_editor(cfg, device, prior, ema=ema)
+            generator, ae = load_real_editor(cfg, device, prior, ema=ema)
         else:
             prior = prior or cfg.prior
             if prior != "random" and not os.path.isdir(prior):

@@ -216,3 +216,12 @@ def type_weights(cfg):
     from toyworld import EDIT_TYPES
     mix = per_type(cfg.type_mix)
     return [mix.get(t, 1.0) for t in EDIT_TYPES] if mix else None
+
+
+def lr_factor(step, cfg, warmup=20):
+    """Linear warm-up over 20 steps, then constant or (cfg.cosine) cosine decay to 0: over all
+    max_steps, or (decay_steps > 0) held until the last decay_steps (warm-stable-decay)."""
+    span = min(cfg.decay_steps or cfg.max_steps, cfg.max_steps)
+    into = max(0, step - (cfg.max_steps - span))
+    decay = 0.5 * (1 + math.cos(math.pi * into / span)) if cfg.cosine else 1.0
+    return min(1.0, (step + 1) / warmup) * decay

@@ -56,6 +56,29 @@ def table(metrics):
     return "\n".join(out)
 
 
+def oracle(generator, n, device, shift, grid_path, seed=1234):
+    """(a): the small world's oracle on the fixed eval set (n edits, seeded) -> metrics
+    (toyworld.summarize); writes a grid of inputs, edits and targets, each column captioned with
+    its instruction. train.py calls it after the warm-up and at the end."""
+    import torch
+
+    import model as M
+    import toytext as tt
+    import toyworld as tw
+    edits = tt.eval_edits(n, seed=seed)
+    mode = generator.training
+    generator.eval()
+    with torch.no_grad():
+        metrics, images = tw.evaluate(M.editor_fn(generator, device, shift), edits)
+    generator.train(mode)
+    idx = [i for i in (*range(5), *range(10, 15)) if i < len(edits)]  # two of each type
+    show = [edits[i] for i in idx]
+    tw.grid([[tw.render(e.reference) for e in show], [images[i] for i in idx],
+             [tw.render(e.target) for e in show]], scale=4, captions=[e.instruction for e in show],
+            names=["input", "edited", "target"]).save(grid_path)
+    return metrics
+
+
 # ----------------------------------------------------------------------------- VIEScore (b)
 SC_PROMPT = (
     "You judge image edits. The first image is the original, the second is the result of "
@@ -339,17 +362,8 @@ def main(argv=None, judge_fn=None):
         sys.exit(2)
     out = a.out or os.path.join(a.ckpt, "eval")
     os.makedirs(out, exist_ok=True)
-    import toytext as tt
-    edits = tt.eval_edits(a.n, seed=a.seed)
-    with torch.no_grad():
-        metrics, images = tw.evaluate(M.editor_fn(generator, "cpu", cfg.shift), edits)
+    metrics = oracle(generator, a.n, "cpu", cfg.shift, f"{out}/grid.png", seed=a.seed)
     json.dump(metrics, open(f"{out}/metrics.json", "w"), indent=1)
-    idx = [*range(5), *range(10, 15)]  # each type in the held-out grammar, then in the trained
-    show = [edits[i] for i in idx]
-    tw.grid([[tw.render(e.reference) for e in show], [images[i] for i in idx],
-             [tw.render(e.target) for e in show]],
-            scale=4, captions=[e.instruction for e in show],
-            names=["input", "edited", "target"]).save(f"{out}/grid.png")
     print(table(metrics))
     print(f"wrote {out}/metrics.json and {out}/grid.png (rows: input, edited, oracle target)")
 

@@ -22,8 +22,7 @@ import json
 import os
 import sys
 
-EDITOR_JSON = "editor.json"
-KEYS = ("kind", "prior", "judge", "resolution", "shift", "tiny", "seed")  # Config fields kept
+from checkpoint import EDITOR_JSON, KEYS  # what sample.py needs to load an export
 
 CARD = """# NP-Edit editor: {name}
 
@@ -53,26 +52,6 @@ transformer = SanaTransformer2DModel.from_pretrained("{out}")  # in_channels: 2 
 The transformer predicts the velocity of `[noisy target, reference]` stacked along channels
 ({space}); `model.sample_edit` in the NP-Edit repo is the sampler.{softmax}
 """
-
-
-def load_export(path, device="cpu", prior=None):
-    """An exported folder -> (generator, Config, vae); vae None in the small world. A real
-    export's VAE and text encoder come from its base model (editor.json's prior, or `prior`)."""
-    import model as M
-    from config import Config
-    info = json.load(open(os.path.join(path, EDITOR_JSON)))
-    cfg = Config(**{k: info[k] for k in KEYS if k in info})
-    if cfg.kind == "real":
-        import real
-        generator, vae = real.load_real_editor(cfg, device, prior, exported=path)
-        return generator, cfg, vae
-    from diffusers import SanaTransformer2DModel
-    from transformers import AutoTokenizer, BertModel
-    transformer = M.use_softmax_attention(SanaTransformer2DModel.from_pretrained(path))
-    text_encoder = BertModel.from_pretrained(f"{path}/text_encoder", add_pooling_layer=False)
-    tok = AutoTokenizer.from_pretrained(f"{path}/tokenizer")
-    generator = M.Generator(transformer, text_encoder, tok)
-    return generator.to(device).eval().requires_grad_(False), cfg, None
 
 
 def preset_of(cfg):

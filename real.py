@@ -7,7 +7,7 @@ the prior, and a transformers Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration) as
   TextCache                      the frozen text encoder with a per-prompt memo;
   read_jsonl, load_image         the training data: images plus instruction and edited caption;
   vae_encode, vae_decode         pixels <-> latents (decode keeps the graph: L_vlm reads pixels);
-  load_real_editor, editor_fn    a trained run's editor for inference (sample.py, eval.py).
+  training_models                the real presets' models for train.py.
 
 Every model also has a tiny twin (tiny=True): the SAME class built from a small config with
 random weights, nothing downloaded, so the whole real code path runs and is tested
@@ -16,6 +16,7 @@ gradients are the real ones'. Offline, a model not downloaded yet is a one-line 
 """
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -169,44 +170,21 @@ def vae_decode(vae, latents):
     return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
 
 
-def load_real_editor(cfg, device="cpu", prior=None, ema=None, exported=None):
-    """A real preset's trained editor, for inference -> (generator, vae), frozen, on device.
-
-    The frozen models come from the run's base model: `prior` (a local copy) or cfg.prior; a
-    tiny run's twins are rebuilt from cfg.seed, the seed train.py sets right before building
-    them, so they are the very weights it trained with. The transformer is either a run's EMA
-    (ema: its state dict, Generator keys) put into the generator built as in training, LoRA
-    adapters included (cfg.lora_rank) and then merged into the weights, or an export.py folder
-    (exported: a SanaTransformer2DModel with the doubled in_channels, LoRA already merged)."""
-    with torch.random.fork_rng():  # (the caller's RNG stream is left as it was)
-        torch.manual_seed(cfg.seed)
+def training_models(cfg, device, frozen):
+    """train.load_models for the real presets: the text-to-image model (by id or folder, or its
+    tiny twin, or random weights at its published size), the generator built from it, the judge,
+    the frozen text encoder's cache and the VAE. -> (transformer, generator, judge,
+    caption_features, to_latent, to_pixels); frozen modules in `frozen` (bf16 on CUDA)."""
+    with torch.device(device if cfg.random_weights else "cpu"):  # (random init: on device)
         transformer, vae, text_encoder, tok = load_text_to_image(
-            prior or cfg.prior, cfg.tiny, cfg.resolution, key="prior")
-    cache = TextCache(text_encoder.to(device), tok)
-    if exported:
-        generator = M.Generator(SanaTransformer2DModel.from_pretrained(exported), None, tok, cache)
-    else:
-        generator = M.Generator.from_prior(transformer, None, tok, text_cache=cache)
-        if cfg.lora_rank:
-            M.add_lora(generator.transformer, cfg.lora_rank)
-        generator.load_state_dict(ema)  # RuntimeError when the run does not fit its preset
-        if cfg.lora_rank:  # W + B A into W, then drop the adapters: a plain Sana transformer
-            generator.transformer.fuse_lora()
-            generator.transformer.unload_lora()
-    return (generator.to(device).eval().requires_grad_(False),
-            vae.to(device).eval().requires_grad_(False))
-
-
-def editor_fn(generator, vae, device, shift):
-    """-> edit(PIL references at the run's resolution, instructions) -> uint8 images: encode the
-    reference, the 4-step sampler on latents (model.sample_edit, unclamped: latents are not in
-    [-1, 1]), decode. The latent twin of model.editor_fn."""
-    def edit(refs, instructions):
-        z = vae_encode(vae, toyworld.to_tensor(refs).to(device))
-        x = M.sample_edit(generator, z, instructions, shift=shift, clamp=False)
-        with torch.no_grad():
-            return list(toyworld.to_uint8(vae_decode(vae, x)))
-    return edit
+            cfg.prior, cfg.tiny, cfg.resolution, key="prior", random_weights=cfg.random_weights)
+        judge = load_vlm(cfg.judge, cfg.tiny, cfg.judge_size, key="judge",
+                         random_weights=cfg.random_weights)
+    cache = TextCache(text_encoder.to(device, frozen).eval().requires_grad_(False), tok)
+    generator = M.Generator.from_prior(transformer, None, tok, text_cache=cache)
+    vae = vae.to(device, frozen).eval().requires_grad_(False)
+    return (transformer, generator, judge, cache, lambda im: vae_encode(vae, im),
+            lambda x: vae_decode(vae, x))
 
 
 class TextCache:
@@ -360,6 +338,29 @@ def square(img, resolution):
     img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - resolution) // 2, (nh - resolution) // 2
     return img.crop((left, top, left + resolution, top + resolution))
+
+
+def jsonl_batches(cfg, rng, device):
+    """train.make_batches for --data: -> next_batch(n), n records drawn with rng, their images
+    loaded at cfg.resolution; the same fields as the small world's batches (target None: no
+    pairs). A bad file or image is a one-line SystemExit."""
+    try:
+        records = read_jsonl(cfg.data)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+
+    def next_batch(n):
+        recs = [rng.choice(records) for _ in range(n)]
+        try:
+            ref = torch.stack([load_image(r["image"], cfg.resolution) for r in recs])
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+        return SimpleNamespace(
+            instructions=[r["instruction"] for r in recs], types=[r["type"] for r in recs],
+            objects=[r.get("object") for r in recs], target=None,
+            edited_captions=[r["edited_caption"] for r in recs],
+            captions=[r.get("caption") or r["instruction"] for r in recs], reference=ref.to(device))
+    return next_batch
 
 
 def load_image(path, resolution):

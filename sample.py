@@ -86,7 +86,7 @@ def load(ckpt, device, prior=None):
     images, for any run or export (checkpoint.load_editor); a one-line error if it cannot."""
     import model as M
     import real
-    from checkpoint import load_editor
+    from checkpoint import load_editor, real_editor_fn
     if not os.path.exists(ckpt):
         fail(f"no checkpoint at {ckpt}; train one with: python train.py --config small")
     real.quiet()  # the weight-loading progress bars: noise on stderr
@@ -96,7 +96,7 @@ def load(ckpt, device, prior=None):
         fail(str(e))
     except SystemExit as e:  # base weights not found (real._fail): its line, our exit code
         fail(str(e.code).removeprefix("error: "))
-    edit = real.editor_fn(generator, vae, device, cfg.shift) if vae is not None else \
+    edit = real_editor_fn(generator, vae, device, cfg.shift) if vae is not None else \
         M.editor_fn(generator, device, cfg.shift)
     return edit, cfg, generator
 

@@ -43,3 +43,32 @@ def test_type_mix_weights_the_training_edit_types():
     for bad in ("add=-1", "add=0,color=0,remove=0,shape=0,background=0"):
         with pytest.raises(SystemExit, match=">= 0, not all 0"):
             parse_args(["--config", "tiny", f"--type_mix={bad}"])
+
+
+@pytest.mark.parametrize("arg,allowed", [
+    ("--batch_size=0", "an integer >= 1"),          # a count that must be >= 1
+    ("--max_steps=-5", "an integer >= 0"),          # a count that may be 0 (warm-up only)
+    ("--lr=nan", "a finite number"),                # any float: finite
+    ("--lr=0", "a finite number > 0"),              # a rate
+    ("--fake_lr=inf", "a finite number"),
+    ("--w_vlm=-1", "a finite number >= 0"),         # a weight
+    ("--p_nothing=1.5", "a number in [0, 1]"),      # a probability
+    ("--ema=-0.1", "a number in [0, 1]"),
+    ("--beta2=1", "a number in [0, 1)"),            # Adam's beta
+])
+def test_every_numeric_option_is_range_checked_with_a_one_line_error(arg, allowed):
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--config", "small", arg])
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"error: {arg.split('=')[0]} must be") and \
+        allowed in msg, msg
+
+
+def test_every_numeric_option_has_a_range():
+    from dataclasses import fields
+
+    from config import RANGES, Config
+    numeric = {f.name for f in fields(Config) if f.type in ("int", "float", int, float)}
+    assert numeric == set(RANGES), numeric ^ set(RANGES)
+    for name in ("tiny", "small", "base", "large"):  # every preset passes its own checks
+        parse_args(["--config", name])

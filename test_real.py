@@ -11,6 +11,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import real  # noqa: E402
+from checkpoint import load_real_editor  # noqa: E402
 import vlm_reward as V  # noqa: E402
 
 
@@ -331,7 +332,7 @@ def test_a_lora_runs_editor_loads_merged_and_unchanged():
         gen.transformer.disable_adapters()
         v_base = gen(x, t, ref, text, mask)
         gen.transformer.enable_adapters()
-    merged, vae2 = real.load_real_editor(cfg, ema=gen.state_dict())
+    merged, vae2 = load_real_editor(cfg, ema=gen.state_dict())
     assert not any("lora" in n for n, _ in merged.named_parameters())
     with torch.no_grad():
         v = merged(x, t, ref, *merged.condition(["make the cat a dog", "add a hat"]))
@@ -341,7 +342,7 @@ def test_a_lora_runs_editor_loads_merged_and_unchanged():
                                                       b.state_dict().values()))
     assert not any(p.requires_grad for p in merged.parameters())
     with pytest.raises(RuntimeError):  # weights of another model: the caller's one-line error
-        real.load_real_editor(dataclasses.replace(cfg, lora_rank=0), ema=gen.state_dict())
+        load_real_editor(dataclasses.replace(cfg, lora_rank=0), ema=gen.state_dict())
 
 
 def test_open_rgb_and_square_keep_what_the_editor_sees(tmp_path):

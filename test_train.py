@@ -13,7 +13,7 @@ import toytext as tt
 import toyworld as tw
 import train
 from checkpoint import atomic_save_dir
-from config import PRESETS, Config
+from config import PRESETS, Config, lr_factor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -72,7 +72,7 @@ def test_warmup_reads_the_chosen_prompt(prompt, is_caption, tmp_path, monkeypatc
 def test_lr_schedule_holds_then_decays_over_decay_steps():
     """Linear warm-up over 20 steps; cosine over all max_steps, or held until the last
     decay_steps and cosine-decayed over those (warm-stable-decay); constant without cosine."""
-    lr = lambda step, *a: train.lr_factor(step, train.parse_args(  # noqa: E731
+    lr = lambda step, *a: lr_factor(step, train.parse_args(  # noqa: E731
         ["--config", "tiny", "--max_steps=100", *a])[1])
     assert lr(9, "--cosine=false") == pytest.approx(0.5) and lr(99, "--cosine=false") == 1.0
     assert lr(50, "--cosine=true") == pytest.approx(0.5)

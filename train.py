@@ -5,15 +5,12 @@
     python train.py --config base --data=edits.jsonl     # SANA 600M + Qwen2.5-VL-3B, one GPU
     torchrun --standalone --nproc_per_node=8 train.py --config large --data=edits.jsonl
 
-Reads top to bottom (docs/method.md): config (config.py) -> compute init -> models (generator
-from the prior, frozen real score, fake score, frozen VLM judge) -> identity warm-up ("learn to
-copy") -> the NP-Edit loop. One NP-Edit step (npedit_step): unroll the editor on (y, c)
-(model.unroll), then
-    L = w_vlm L_vlm (vlm_reward.vlm_loss) + w_dmd L_dmd (dmd.dmd_loss) + do-nothing MSE,
-one generator step, then N_aux fake-score steps on the detached outputs (dmd.fake_score_loss).
-The editor never sees a target image: targets exist only in the oracle that scores the
-evaluation and in the SFT baseline (--method=sft, baselines.py). Real presets run the same loop
-in a VAE's latent space (real.py): DMD on latents, the VLM on decoded pixels.
+Top to bottom (docs/method.md): config -> compute init -> models (generator from the prior,
+frozen real score, fake score, frozen VLM judge) -> the identity warm-up -> the NP-Edit loop,
+one npedit_step a step: unroll the editor on (y, c), L = w_vlm L_vlm + w_dmd L_dmd (+ the
+do-nothing MSE), one generator step, N_aux fake-score steps. The editor never sees a target
+image: targets exist only in the oracle and in the SFT baseline (baselines.py). Real presets
+run the same loop on a VAE's latents (real.py), the judge reading decoded pixels.
 """
 import contextlib
 import copy
@@ -31,12 +28,14 @@ import torch.nn.functional as F
 
 import baselines
 import dmd
+import eval as E
 import model as M
 import toytext as tt
 import toyworld as tw
 import vlm_reward as V
-from checkpoint import load_checkpoint, recover, save_checkpoint
-from config import cfg_scales, parse_args, type_weights
+from checkpoint import (close_distributed, load_checkpoint, recover, replicas_identical,
+                        save_checkpoint, shard)
+from config import cfg_scales, lr_factor, parse_args, type_weights
 
 
 def load_models(cfg, device):
@@ -46,16 +45,8 @@ def load_models(cfg, device):
     frozen = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if cfg.kind == "real":
         import real
-        with torch.device(device if cfg.random_weights else "cpu"):  # (random init: on device)
-            transformer, vae, text_encoder, tok = real.load_text_to_image(
-                cfg.prior, cfg.tiny, cfg.resolution, key="prior", random_weights=cfg.random_weights)
-            judge = real.load_vlm(cfg.judge, cfg.tiny, cfg.judge_size, key="judge",
-                                  random_weights=cfg.random_weights)
-        caption_features = real.TextCache(text_encoder.to(device, frozen).eval()
-                                          .requires_grad_(False), tok)
-        generator = M.Generator.from_prior(transformer, None, tok, text_cache=caption_features)
-        vae = vae.to(device, frozen).eval().requires_grad_(False)
-        to_latent, to_pixels = (lambda im: real.vae_encode(vae, im)), (lambda x: real.vae_decode(vae, x))
+        transformer, generator, judge, caption_features, to_latent, to_pixels = \
+            real.training_models(cfg, device, frozen)
     else:
         for what, path in (("prior", cfg.prior), ("judge", cfg.judge)):
             if path != "random" and not os.path.isdir(path):
@@ -91,27 +82,11 @@ def make_batches(cfg, rng, device):
     captions c_y (the warm-up's prompt), edited_captions c_x, reference y (B, 3, R, R) pixels in
     [-1, 1], and target (the rendered true target; small world only, read by the SFT baseline
     alone). The small world's come from toytext.random_edit (its training grammar, no held-out
-    combination). Real presets read cfg.data (JSONL, real.read_jsonl); without it they use small-world
+    combination); real presets read cfg.data (real.jsonl_batches); without it they use small-world
     scenes upscaled to the preset's resolution (a smoke test)."""
     if cfg.kind == "real" and cfg.data:
         import real
-        try:
-            records = real.read_jsonl(cfg.data)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}")
-
-        def next_batch(n):
-            recs = [rng.choice(records) for _ in range(n)]
-            try:
-                ref = torch.stack([real.load_image(r["image"], cfg.resolution) for r in recs])
-            except ValueError as e:
-                raise SystemExit(f"error: {e}")
-            return SimpleNamespace(
-                instructions=[r["instruction"] for r in recs], types=[r["type"] for r in recs],
-                objects=[r.get("object") for r in recs], target=None,
-                edited_captions=[r["edited_caption"] for r in recs],
-                captions=[r.get("caption") or r["instruction"] for r in recs], reference=ref.to(device))
-        return next_batch
+        return real.jsonl_batches(cfg, rng, device)
     w = type_weights(cfg)  # --type_mix ("" = uniform)
     up = (lambda x: F.interpolate(x, size=cfg.resolution)) if cfg.resolution != 32 else (lambda x: x)
 
@@ -130,27 +105,12 @@ def make_batches(cfg, rng, device):
     return next_batch
 
 
-def lr_factor(step, cfg, warmup=20):
-    """Linear warm-up over 20 steps, then constant or (cfg.cosine) cosine decay to 0: over all
-    max_steps, or (decay_steps > 0) held until the last decay_steps (warm-stable-decay)."""
-    span = min(cfg.decay_steps or cfg.max_steps, cfg.max_steps)
-    into = max(0, step - (cfg.max_steps - span))
-    decay = 0.5 * (1 + math.cos(math.pi * into / span)) if cfg.cosine else 1.0
-    return min(1.0, (step + 1) / warmup) * decay
-
-
-def evaluate(generator, cfg, device, tag, out_dir):
-    """The oracle's scores of the editor on the fixed eval set (toytext.eval_edits), printed,
-    with a grid of inputs / outputs / targets."""
-    edits = tt.eval_edits(cfg.eval_n)
-    generator.eval()
-    metrics, images = tw.evaluate(M.editor_fn(generator, device, cfg.shift), edits)
-    generator.train()
+def evaluate(generator, cfg, device, tag):
+    """The oracle's scores on the fixed eval set (eval.oracle), printed; a grid eval_<tag>.png."""
+    metrics = E.oracle(generator, cfg.eval_n, device, cfg.shift, f"{cfg.out_dir}/eval_{tag}.png")
     print(f"[{tag}] " + " | ".join(f"{t}: success {m['success']:.3f} pres {m['preservation']:.3f}"
                                   f" real {m['realism']:.3f}" for t, m in
                                   [("overall", metrics["overall"]), *metrics["by_type"].items()]))
-    tw.grid([[tw.render(e.reference) for e in edits[:16]], images[:16],
-             [tw.render(e.target) for e in edits[:16]]]).save(f"{out_dir}/eval_{tag}.png")
     return metrics
 
 
@@ -222,10 +182,26 @@ def npedit_step(T, next_batch, step):
         for k, w in (("vlm", cfg.w_vlm), ("dmd", cfg.w_dmd)):
             g = torch.autograd.grad(w * terms[k], x, retain_graph=True, allow_unused=True)[0]
             logs[f"|dL/dx| {k}"] = 0.0 if g is None else g.norm().item()
-    T.update(loss, step)
+    logs.update(T.update(loss, step))
     if cfg.w_dmd:
         logs["fake"] = fake_score_steps(T, x, cap)
     return logs, len(b.instructions)
+
+
+def warmup_step(T, next_batch, step):
+    """The identity warm-up ("learn to copy", docs/method.md "Warm-up"): flow matching whose
+    target is y itself (model.identity_loss), prompted with the caption of y."""
+    b = next_batch(T.cfg.batch_size)
+    with T.autocast():
+        texts = b.captions if T.cfg.warmup_prompt == "caption" else b.instructions
+        loss = M.identity_loss(T.gen, T.S.to_latent(b.reference),
+                               *T.S.generator.condition(texts), shift=T.cfg.shift)
+    T.opt_w.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(T.gen_params, T.cfg.grad_clip)
+    T.opt_w.step()
+    T.ema_update(0.9)
+    return {"copy loss": loss.item()}, len(b.instructions)
 
 
 STEPS = {"npedit": npedit_step, "sft": baselines.sft_step, "grpo": baselines.grpo_step}
@@ -260,12 +236,8 @@ def main(argv):
     generator, fake_score = S.generator, S.fake_score
     torch.manual_seed(cfg.seed * world + rank)  # per-rank seed (DiT)
     ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    if fsdp:  # shard every transformer block, then the rest; EMA sharded alike so lerp_ matches
-        from torch.distributed.fsdp import fully_shard
-        for m in (generator, ema, fake_score):
-            for block in getattr(m, "transformer", m).transformer_blocks:
-                fully_shard(block)
-            fully_shard(m)
+    if fsdp:  # EMA sharded alike, so that lerp_ matches
+        shard(generator, ema, fake_score)
     gen_params = [p for p in generator.parameters() if p.requires_grad]  # LoRA: adapters only
     fake_params = [p for p in fake_score.parameters() if p.requires_grad]
     betas = (cfg.beta1, cfg.beta2)
@@ -296,20 +268,22 @@ def main(argv):
 
     def update(loss, step):
         """One generator step at the scheduled lr: backward, clip, skip a step whose gradient
-        norm is not finite or above skip_grad_norm, EMA."""
+        norm is not finite or above skip_grad_norm, EMA. -> its log entries."""
         for g in opt_g.param_groups:
             g["lr"] = cfg.lr * lr_factor(step, cfg)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
-        T.gnorm = float(torch.nn.utils.clip_grad_norm_(gen_params, cfg.grad_clip))
-        if math.isfinite(T.gnorm) and T.gnorm <= cfg.skip_grad_norm:
+        gnorm = float(torch.nn.utils.clip_grad_norm_(gen_params, cfg.grad_clip))
+        if math.isfinite(gnorm) and gnorm <= cfg.skip_grad_norm:
             opt_g.step()
             ema_update(cfg.ema)
         else:
-            print0(f"step {step}: skipped (loss {loss.item():.4g}, grad norm {T.gnorm:.4g})")
+            print0(f"step {step}: skipped (loss {loss.item():.4g}, grad norm {gnorm:.4g})")
+        return {"gnorm": gnorm, "lr": opt_g.param_groups[0]["lr"]}
 
-    T = SimpleNamespace(cfg=cfg, S=S, gen=gen, fake=fake, opt_f=opt_f, fake_params=fake_params,
-                        autocast=autocast, update=update, ddp=ddp, gnorm=0.0)
+    T = SimpleNamespace(cfg=cfg, S=S, gen=gen, fake=fake, opt_w=opt_w, opt_f=opt_f,
+                        gen_params=gen_params, fake_params=fake_params, autocast=autocast,
+                        update=update, ema_update=ema_update, ddp=ddp)
 
     def save():  # all ranks call (FSDP gathers); rank 0 writes
         save_checkpoint(ckpt, stage, step, modules, opts, rng, cfg, rank, fsdp)
@@ -323,52 +297,35 @@ def main(argv):
             tw.grid([list(tw.to_uint8(fixed.reference)), list(outs)],
                     scale=3 if cfg.resolution <= 64 else 1).save(f"{cfg.out_dir}/grid_{step:06d}.png")
 
-    # ---- stage 1: identity warm-up, flow matching with the reference as the target
-    t0 = time.time()
-    while stage == "warmup" and step < cfg.warmup_steps:
-        b = next_batch(cfg.batch_size)
-        with autocast():  # the prompt: the caption of y (docs/method.md, "Warm-up")
-            texts = b.captions if cfg.warmup_prompt == "caption" else b.instructions
-            loss = M.identity_loss(gen, S.to_latent(b.reference), *generator.condition(texts),
-                                   shift=cfg.shift)
-        opt_w.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(gen_params, cfg.grad_clip)
-        opt_w.step()
-        ema_update(0.9)
-        step += 1
-        if step % cfg.log_every == 0:
-            print0(f"warmup {step}/{cfg.warmup_steps} | copy loss {loss.item():.4f} | "
-                   f"{(time.time() - t0) / step * 1000:.0f} ms/step")
-        if step % cfg.ckpt_every == 0:
-            save()
-    if stage == "warmup":
-        stage, step = cfg.method, 0
-        ema.load_state_dict(generator.state_dict())
-        if master and cfg.kind == "small" and cfg.eval_n:
-            warm = evaluate(ema, cfg, device, "warmup_only", cfg.out_dir)
-            json.dump(warm, open(f"{cfg.out_dir}/warmup_metrics.json", "w"))
-        save()
-
-    # ---- stage 2: NP-Edit (or a baseline of baselines.py, through the same loop)
+    # ---- the loop: the identity warm-up, then NP-Edit (or a baseline of baselines.py)
     t0, seen, step0 = time.time(), 0, step
-    while step < cfg.max_steps:
-        logs, n = STEPS[cfg.method](T, next_batch, step)
+    while True:
+        total = cfg.warmup_steps if stage == "warmup" else cfg.max_steps
+        if step >= total and stage != "warmup":
+            break
+        if step >= total:  # the warm-up's end: the EMA starts from the copying editor
+            stage, step = cfg.method, 0
+            ema.load_state_dict(generator.state_dict())
+            if master and cfg.kind == "small" and cfg.eval_n:
+                json.dump(evaluate(ema, cfg, device, "warmup_only"),
+                          open(f"{cfg.out_dir}/warmup_metrics.json", "w"))
+            save()
+            t0, seen, step0 = time.time(), 0, 0
+            continue
+        logs, n = (warmup_step if stage == "warmup" else STEPS[stage])(T, next_batch, step)
         step += 1
         seen += n * world
         if step % cfg.log_every == 0:
             dt = time.time() - t0
-            print0(f"step {step}/{cfg.max_steps} | " + " ".join(f"{k} {v:.4g}" for k, v in
-                                                                logs.items()) +
-                   f" | gnorm {T.gnorm:.3f} | lr {opt_g.param_groups[0]['lr']:.1e} | "
-                   f"{dt / (step - step0) * 1000:.0f} ms/step | {seen / dt:.1f} img/s")
-        if step % cfg.grid_every == 0 or step == cfg.max_steps:
-            if master or fsdp:
-                preview()
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and master \
-                and cfg.kind == "small" and cfg.eval_n:
-            evaluate(ema, cfg, device, f"step{step:06d}", cfg.out_dir)
-        if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+            print0(f"{'warmup' if stage == 'warmup' else 'step'} {step}/{total} | " +
+                   " ".join(f"{k} {v:.4g}" for k, v in logs.items()) +
+                   f" | {dt / (step - step0) * 1000:.0f} ms/step | {seen / dt:.1f} img/s")
+        if stage != "warmup" and (step % cfg.grid_every == 0 or step == total) and (master or fsdp):
+            preview()
+        if stage != "warmup" and cfg.eval_every and step % cfg.eval_every == 0 and step < total \
+                and master and cfg.kind == "small" and cfg.eval_n:
+            evaluate(ema, cfg, device, f"step{step:06d}")
+        if step % cfg.ckpt_every == 0 or (stage != "warmup" and step == total):
             save()
     if step > step0:
         print0(f"trained {step - step0} steps at {(time.time() - t0) / (step - step0) * 1000:.0f}"
@@ -376,23 +333,15 @@ def main(argv):
 
     # ---- final evaluation with the oracle (small world)
     if master and cfg.kind == "small" and cfg.eval_n:
-        metrics = evaluate(ema, cfg, device, "final", cfg.out_dir)
+        metrics = evaluate(ema, cfg, device, "final")
         metrics["warmup_only"] = json.load(open(f"{cfg.out_dir}/warmup_metrics.json"))["overall"]
         json.dump(metrics, open(f"{cfg.out_dir}/metrics.json", "w"), indent=1)
     print0(f"total {(time.time() - t_start) / 60:.1f} min" +
            (f" | wrote {cfg.out_dir}/metrics.json" if cfg.kind == "small" and cfg.eval_n else ""))
     if ddp:  # DDP keeps replicas in sync; check it, cheaply, once
-        flat = torch.cat([(p.detach().full_tensor() if fsdp else p.detach()).flatten().float().cpu()
-                          for p in generator.parameters()])
-        gathered = [torch.zeros_like(flat) for _ in range(world)]
-        dist.all_gather(gathered, flat.to(device))
-        print0(f"ranks hold identical weights: {all(torch.equal(gathered[0], g) for g in gathered)}")
-        # gloo's worker thread frees finished collectives, which needs the GIL; tearing the
-        # group down (DDP's reducer) while it does deadlocked ~1 run in 5, so let it drain first
-        dist.barrier()
-        time.sleep(1)
-        del gen, fake
-        dist.destroy_process_group()
+        print0(f"ranks hold identical weights: {replicas_identical(generator, device, fsdp)}")
+        del gen, fake, T
+        close_distributed()
 
 
 if __name__ == "__main__":
