@@ -4,15 +4,16 @@
     python ablations.py --rows npedit dmd_only --seeds 0 --max_steps=100   # a quick look
 
 Every row starts from the same identity warm-up (trained once per seed, then copied), runs the
-same budget (BUDGET: batch 16, 400 steps, the first prior, unless overridden), and is scored on
-the same fixed eval set (toyworld.eval_edits). Each row is a flag of train.py, not a copy of it:
+shipped `small` preset's budget (its steps and batch, unless overridden; SFT 4x: four times the
+steps, about NP-Edit's wall clock), and is scored on the same fixed eval set
+(toytext.eval_edits). Each row is a flag of train.py, not a copy of it:
   npedit     NP-Edit, no pairs (the small preset's losses and weights)
   sft        supervised flow matching on true (reference, instruction) -> target pairs
   dmd_only   no VLM loss (w_vlm = 0)
   vlm_only   no DMD (w_dmd = 0)
   no_ident   no "is the rest unchanged?" question
   full_vocab full-vocabulary cross-entropy instead of the yes/no BCE
-  grpo       Flow-GRPO with the same judge as a scalar reward (grpo.py)
+  grpo       Flow-GRPO with the same judge as a scalar reward (baselines.py)
 Writes out/ablations/results.md (markdown table, mean +- std over seeds, wall time per row) and
 out/ablations/grid.png (one row per method on the same inputs), and prints the table.
 """
@@ -39,12 +40,7 @@ ROWS = {
     "sft_4x": ("SFT on true pairs, 4x steps (~same wall clock)", ["--method=sft"]),
 }
 STEPS_TIMES = {"sft_4x": 4}  # rows that run a multiple of the shared max_steps
-# the budget the README's ablation table was measured at (batch 16, 400 constant-lr steps, the
-# 6-layer prior, the instruction as the warm-up prompt; ~70 min for every row); any --key=value
-# given to ablations.py overrides it
-BUDGET = {"small": ["--batch_size=16", "--max_steps=400", "--cosine=false",
-                    "--prior=assets/small/prior6", "--warmup_prompt=instruction",
-                    "--n_aux=3", "--fake_lr=5e-4", "--cfg_by_type=", "--type_mix="]}
+BUDGET = {"small": []}  # per config: flags every row gets (none: the preset as shipped)
 MULTI_SEED = ("npedit", "sft")
 
 

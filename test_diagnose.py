@@ -14,16 +14,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "docs"))
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    r = subprocess.run([sys.executable, "train.py", "--config", "tiny", "--max_steps=1",
-                        "--eval_n=0", "--threads=1", f"--out_dir={out}"], cwd=HERE,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return str(out)
-
-
 def test_diagnose_prints_every_edit_type(ckpt, capsys):
     import diagnose
     diagnose.main(ckpt, n=4)
@@ -99,7 +89,7 @@ def test_speckle_tells_a_fixed_pattern_from_fresh_noise():
 
 def test_judge_direction_of_the_shipped_judge():
     """Halfway to an addition's target the shipped judge's gradient sits in the named cell and
-    points at the target; at the unchanged reference it does neither (README, session 5)."""
+    points at the target; at the unchanged reference it does neither (docs/log.md, "The judge")."""
     import diagnose
     import vlm_reward as V
     torch.manual_seed(0)

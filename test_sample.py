@@ -16,16 +16,6 @@ import toyworld as tw
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    r = subprocess.run([sys.executable, "train.py", "--config", "tiny", "--max_steps=1",
-                        "--eval_n=0", "--threads=1", f"--out_dir={out}"], cwd=HERE,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return str(out)
-
-
 def run(capsys, *argv):
     """-> (exit code, stdout, stderr) of sample.main(argv)."""
     try:
@@ -122,7 +112,9 @@ def test_bad_options_are_errors(capsys):
     assert code == 2 and "--instr is required" in err
     code, _, err = run(capsys, "--scene", "a pink blob at top left on a white background",
                        "--instr", "y")
-    assert code == 2 and "could not read" in err
+    assert code == 2 and "--scene: name each object" in err and "colours: red" in err
+    code, _, err = run(capsys, "--scene", "a red circle somewhere", "--instr", "y")
+    assert code == 2 and "--scene: could not read" in err
 
 
 def test_long_instruction_is_truncated_with_a_warning(ckpt, tmp_path, capsys):

@@ -120,7 +120,12 @@ def pretrain_prior(a):
     held_set = set(held)
     t0 = time.time()
     pbar = tqdm(total=a.steps, initial=step, desc="prior", dynamic_ncols=True)
+    n1 = a.structured_steps  # phase 1: structured prompts only, which bind words to cells fast
     while step < a.steps:
+        if step == n1 and n1:  # phase 2: captions too; restart from the EMA, a fresh optimizer
+            transformer.load_state_dict(ema_t.state_dict())
+            text_encoder.load_state_dict(ema_e.state_dict())
+            opt = torch.optim.AdamW(params, lr=a.caption_lr, weight_decay=0.01)
         scenes = []
         while len(scenes) < a.batch:
             s = tw.random_scene(rng)
@@ -128,13 +133,16 @@ def pretrain_prior(a):
                 scenes.append(s)
         x0 = tw.to_tensor([tw.render(s) for s in scenes])
         drop = torch.rand(a.batch) < a.cfg_dropout
-        # captioners' captions (what c_y and c_x look like), the rest structured prompts
-        prompts = [tt.caption(rng, s).text if rng.random() < a.captions else tw.prompt(s)
-                   for s in scenes]
+        if step < n1:
+            prompts = [tw.prompt(s) for s in scenes]
+        else:  # captioners' captions (what c_y and c_x look like), the rest structured prompts
+            prompts = [tt.caption(rng, s).text if rng.random() < a.captions else tw.prompt(s)
+                       for s in scenes]
         text, mask = M.encode_text(text_encoder, tokenizer, prompts, drop)
         loss = M.flow_matching_loss(transformer, x0, text, mask)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
+            g["lr"] = lr_at(step, n1, a.lr, a.warmup) if step < n1 else \
+                lr_at(step - n1, a.steps - n1, a.caption_lr if n1 else a.lr, a.warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -386,7 +394,10 @@ if __name__ == "__main__":
                    help="judge: unchanged references attacked at each eval (robustness)")
     p.add_argument("--init", default="", help="start from this prior or judge folder (fine-tune)")
     p.add_argument("--captions", type=float, default=0.75,
-                   help="prior: share of captioners' captions (toytext.caption), the rest prompts")
+                   help="prior, phase 2: share of captioners' captions, the rest structured prompts")
+    p.add_argument("--structured_steps", type=int, default=1500,
+                   help="prior: phase 1, structured prompts only (0: no phase 1)")
+    p.add_argument("--caption_lr", type=float, default=1e-3, help="prior: phase 2's peak lr")
     a = p.parse_args()
     a.steps = a.steps or {"prior": 4500, "judge": 6000}[a.what]
     torch.set_num_threads(a.threads)
