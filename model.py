@@ -6,12 +6,13 @@ noise); the network predicts the velocity v = eps - x0, so x0 = x_t - t v.
 
 The prior is a diffusers SanaTransformer2DModel (the class of the real SANA presets) plus a text
 encoder. In the small world it is tiny and pixel-space (32x32x3, no VAE, patch 4 -> 64 tokens),
-with three changes that docs/log.md ("The prior") found necessary for objects to land in the right cell:
+with three changes that docs/log.md ("The prior") found necessary for objects to land in the
+right cell:
   - softmax self-attention (diffusers' AttnProcessor2_0) instead of Sana's linear attention,
     cheap at 64 tokens;
   - sin-cos absolute position embeddings (interpolation_scale=1);
   - a bidirectional text encoder (a 2-layer BertModel) instead of SANA's causal Gemma2, reading
-    the structured prompt of toyworld.prompt, whose token positions name the cells.
+    captions (toytext.caption) and, while it learns, structured prompts (toyworld.prompt).
 """
 import torch
 import torch.nn.functional as F

@@ -15,6 +15,7 @@ from PIL import Image  # noqa: E402
 
 import eval as E  # noqa: E402
 import export  # noqa: E402
+from test_sample import run as edit  # noqa: E402  (sample.main in-process)
 import sample  # noqa: E402
 from test_eval import GEDIT_ROWS, fixed_judge, write_gedit  # noqa: E402
 
@@ -43,17 +44,6 @@ def photos(tmp_path_factory):
     Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(d / "rgb.jpg")
     Image.fromarray(rng.integers(0, 256, (300, 200), dtype=np.uint8), "L").save(d / "gray.png")
     return d
-
-
-def edit(capsys, *argv):
-    """-> (exit code, stdout, stderr) of sample.py in-process."""
-    try:
-        sample.main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_sample_edits_photos_of_any_size_at_the_runs_resolution(run, photos, tmp_path, capsys):
