@@ -97,8 +97,8 @@ _REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, warmup_s
              vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True, eval_n=0, log_every=10,
              grid_every=500, ckpt_every=500)
 PRESETS = {
-    # the shipped prior and judge, 2 CPU cores; measured in README.md ("Results"): seed 0 alone
-    # 13 min 51 s, success 0.796, preservation 0.962, realism 0.942
+    # the shipped prior and judge, 2 CPU cores; seed 0 alone: 8 min 40 s, success 0.554,
+    # preservation 0.947, realism 0.978, removals 0.00 (README.md; docs/log.md, "Small world v2")
     "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,

@@ -8,7 +8,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ckpt(tmp_path_factory):
     """A one-step run of the tiny preset (random small-world models): its out_dir."""
     out = tmp_path_factory.mktemp("run")

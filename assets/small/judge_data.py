@@ -1,12 +1,16 @@
 """The small world's questions for the VLM judge: yes/no questions with hard negatives, open
-questions, captions and "what changed?", the judge's tokenizer, and its accuracy.
+questions, captions and "what changed?", the judge's tokenizer, its accuracy, and its
+robustness to pixel attacks (attack, robustness; adversarial training: adversarial, noisy).
 
-Used to pretrain the judge (pretrain.py judge) and to test it (test_assets.py). Every label is computed from the scenes themselves, never by construction.
-Single-image types: presence, position, color, shape, background. Two-image types, in the
-paper's form (vlm_reward.EDIT_Q, SAME_Q, SAME_REMOVE_Q): "edit_done" is yes iff the edited
-elements of the candidate equal the target's; "same_except" iff every other element equals
-the reference's. Candidates: the target, the unchanged reference, a wrong edit (same type, other
-cell or value), the edit plus an extra change, a different scene.
+Used to pretrain the judge (pretrain.py judge) and to test it (test_assets.py). Every label is
+computed from the scenes themselves, never by construction. Single-image types: presence,
+position, color, shape, background. Two-image types ask exactly what vlm_reward.vlm_loss asks
+(vlm_reward.edit_questions): "edit_done" is yes iff the edited elements of the candidate equal
+the target's (a removal: "does the image have <object>?" of the candidate alone); "same_except"
+iff every other element equals the reference's. Candidates: the target, the unchanged
+reference, a wrong edit (same type, other cell or value), the edit plus an extra change, a
+different scene, and the unchanged reference attacked while training ("adversarial").
+Instructions come from toytext's trained grammar; the eval set adds its held-out grammar.
 """
 import random
 
@@ -298,3 +302,30 @@ def robustness(judge, n=200, steps=(50, 100), lr=0.01, seed=5):
             dx += float((x - ref[idx]).abs().mean((1, 2, 3)).sum()) * 127.5
         out[k] = (flips / n, dx / n, fooled / n)
     return out
+
+
+def adversarial(judge, batch, steps, lr):
+    """Adversarial training (its hard negatives): the unchanged candidates of kind
+    'adversarial' attacked (judge_data.attack) towards the answer an edit would get; their
+    labels stay the truth. -> {sample index: perturbed last image}."""
+    idx = [b for b, s in enumerate(batch) if s[3].get("kind") == "adversarial"]
+    out = {}
+    for n_img in (1, 2):
+        group = [b for b in idx if len(batch[b][0]) == n_img]
+        if not group or not steps:
+            continue
+        judge.vlm.eval()
+        images = [tw.to_tensor([tw.render(batch[b][0][j]) for b in group]) for j in range(n_img)]
+        want = [batch[b][2] == "no" for b in group]  # push towards the wrong answer
+        x, _ = attack(judge, images, [batch[b][1] for b in group], want, steps, lr)
+        out.update(dict(zip(group, x)))
+    return out
+
+
+def noisy(batch, perturbed, p):
+    """Noise augmentation: with probability p a sample's last image gets Gaussian noise of a
+    random std in [0, 0.15], so that noise itself (which an editor's outputs carry) is no cue."""
+    for b, (imgs, *_) in enumerate(batch):
+        if p and float(torch.rand(())) < p:  # torch's seeded stream: reproducible
+            x = perturbed.get(b, tw.to_tensor([tw.render(imgs[-1])])[0])
+            perturbed[b] = (x + 0.15 * float(torch.rand(())) * torch.randn_like(x)).clamp(-1, 1)

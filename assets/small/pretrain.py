@@ -3,6 +3,10 @@
     python assets/small/pretrain.py prior     # the text-to-image prior  -> assets/small/prior/
     python assets/small/pretrain.py judge     # the VLM judge            -> assets/small/judge/
 
+The shipped prior is the default command's (docs/log.md, "The prior on captions"); the shipped
+judge a two-run fine-tune of an earlier judge with adversarial training (--init, --adv_n,
+--noise; docs/log.md, "The judge on v2", has both commands).
+
 NP-Edit needs a pretrained text-to-image flow model (generator init, real score, fake score init)
 and a pretrained VLM. Nothing can be downloaded in the small world, so the repo trains tiny ones
 on the procedural world (toyworld.py) and commits them; `train.py --config small` only loads them.
@@ -253,33 +257,6 @@ def judge_batch_loss(judge, heads, batch, ground=None, perturbed=None):
     return lm, aux
 
 
-def adversarial(judge, batch, steps, lr):
-    """Adversarial training (its hard negatives): the unchanged candidates of kind
-    'adversarial' attacked (judge_data.attack) towards the answer an edit would get; their
-    labels stay the truth. -> {sample index: perturbed last image}."""
-    idx = [b for b, s in enumerate(batch) if s[3].get("kind") == "adversarial"]
-    out = {}
-    for n_img in (1, 2):
-        group = [b for b in idx if len(batch[b][0]) == n_img]
-        if not group or not steps:
-            continue
-        judge.vlm.eval()
-        images = [tw.to_tensor([tw.render(batch[b][0][j]) for b in group]) for j in range(n_img)]
-        want = [batch[b][2] == "no" for b in group]  # push towards the wrong answer
-        x, _ = J.attack(judge, images, [batch[b][1] for b in group], want, steps, lr)
-        out.update(dict(zip(group, x)))
-    return out
-
-
-def noisy(batch, perturbed, p):
-    """Noise augmentation: with probability p a sample's last image gets Gaussian noise of a
-    random std in [0, 0.15], so that noise itself (which an editor's outputs carry) is no cue."""
-    for b, (imgs, *_) in enumerate(batch):
-        if p and float(torch.rand(())) < p:  # torch's seeded stream: reproducible
-            x = perturbed.get(b, tw.to_tensor([tw.render(imgs[-1])])[0])
-            perturbed[b] = (x + 0.15 * float(torch.rand(())) * torch.randn_like(x)).clamp(-1, 1)
-
-
 def pretrain_judge(a):
     from transformers import Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(a.seed)
@@ -328,8 +305,8 @@ def pretrain_judge(a):
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
         batch += [J.adversarial_sample(rng) for _ in range(a.adv_n)]
-        perturbed = adversarial(judge, batch, a.adv_steps, a.adv_lr)
-        noisy(batch, perturbed, a.noise)
+        perturbed = J.adversarial(judge, batch, a.adv_steps, a.adv_lr)
+        J.noisy(batch, perturbed, a.noise)
         vlm.train()
         lm, aux = judge_batch_loss(judge, heads, batch, ground, perturbed)
         for g in opt.param_groups:
