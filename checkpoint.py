@@ -221,7 +221,6 @@ def load_editor(path, device="cpu", prior=None, vae=False):
            if k.startswith("ema.")}
     try:
         if cfg.kind == "real":
-            import real
             generator, ae = load_real_editor(cfg, device, prior, ema=ema)
         else:
             prior = prior or cfg.prior

@@ -344,10 +344,7 @@ def main(argv=None, judge_fn=None):
     a = p.parse_args(argv)
     if a.gedit:
         return run_gedit(a, judge_fn)
-    import torch
-    import model as M
     import real
-    import toyworld as tw
     from checkpoint import load_editor
     a.ckpt = a.ckpt or "out/small"
     real.quiet()

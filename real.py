@@ -27,7 +27,6 @@ from transformers import (AutoProcessor, AutoTokenizer, Gemma2Config, Gemma2Mode
 
 import model as M
 import toytext
-import toyworld
 import vlm_reward
 
 # words the tiny text encoder knows besides the small world's (any other word maps to [UNK])

@@ -4,7 +4,6 @@ import os
 import random
 import sys
 
-import pytest
 import torch
 
 import model as M

@@ -1,10 +1,8 @@
 """docs/diagnose.py, the log's measurements, on known editors:  python -m pytest -q test_diagnose.py"""
 import os
-import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 import toytext as tt

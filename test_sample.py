@@ -3,8 +3,6 @@ bad input and bad --out, and warnings for what the text encoder cannot read:
 python -m pytest -q test_sample.py (the real path: test_export.py)"""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
