@@ -1,6 +1,6 @@
 """The paper's comparisons, reproduced in the small world with its exact oracle, in one command.
 
-    python ablations.py                          # every row; 3 seeds for NP-Edit and SFT
+    python ablations.py                          # every row; 3 seeds for NP-Edit, DMD only, SFT 4x
     python ablations.py --rows npedit dmd_only --seeds 0 --max_steps=100   # a quick look
 
 Every row starts from the same identity warm-up (trained once per seed, then copied), runs the
@@ -13,7 +13,7 @@ steps, about NP-Edit's wall clock), and is scored on the same fixed eval set
   vlm_only   no DMD (w_dmd = 0)
   no_ident   no "is the rest unchanged?" question
   full_vocab full-vocabulary cross-entropy instead of the yes/no BCE
-  grpo       Flow-GRPO with the same judge as a scalar reward (baselines.py)
+  grpo       Flow-GRPO with the same judge as a scalar reward (baselines.py), at three lrs
 Writes out/ablations/results.md (markdown table, mean +- std over seeds, wall time per row) and
 out/ablations/grid.png (one row per method on the same inputs), and prints the table.
 """
@@ -35,13 +35,15 @@ ROWS = {
     "vlm_only": ("VLM only (no DMD)", ["--w_dmd=0"]),
     "no_ident": ("no identity question", ["--identity_question=false"]),
     "full_vocab": ("full-vocab CE", ["--full_vocab=true"]),
-    "grpo": ("Flow-GRPO (judge as reward)", ["--method=grpo"]),
+    "grpo": ("Flow-GRPO (judge as reward), lr 5e-4", ["--method=grpo"]),
+    "grpo_lr1e-4": ("Flow-GRPO, lr 1e-4", ["--method=grpo", "--lr=1e-4"]),
+    "grpo_lr2e-3": ("Flow-GRPO, lr 2e-3", ["--method=grpo", "--lr=2e-3"]),
     # an SFT step costs ~1/4 of an NP-Edit step (265 vs ~1000 ms at batch 16, 2 CPU threads)
     "sft_4x": ("SFT on true pairs, 4x steps (~same wall clock)", ["--method=sft"]),
 }
 STEPS_TIMES = {"sft_4x": 4}  # rows that run a multiple of the shared max_steps
 BUDGET = {"small": []}  # per config: flags every row gets (none: the preset as shipped)
-MULTI_SEED = ("npedit", "sft")
+MULTI_SEED = ("npedit", "dmd_only", "sft_4x")
 
 
 def train(out_dir, args, config="small"):
@@ -78,7 +80,8 @@ def table(results):
 
 
 def grid(results, root, n=12):
-    """One row per method (its first seed) on the same eval inputs; first rows: input, target."""
+    """One row per method (its first seed) on the same eval inputs, each column captioned with its
+    instruction; first rows: input, target."""
     import torch
     import toyworld as tw
     import model as M
@@ -91,7 +94,8 @@ def grid(results, root, n=12):
         generator, cfg = load_editor(f"{root}/{row}_s{results[row][0][2]}")
         with torch.no_grad():
             rows.append(M.editor_fn(generator, "cpu", cfg.shift)(refs, [e.instruction for e in edits]))
-    tw.grid(rows).save(f"{root}/grid.png")
+    names = ["input", "target"] + [ROWS[row][0].split(" (")[0].split(",")[0] for row in results]
+    tw.grid(rows, captions=[e.instruction for e in edits], names=names).save(f"{root}/grid.png")
 
 
 def main(argv=None):

@@ -44,7 +44,7 @@ class Config:
     beta1: float = 0.0                   # AdamW betas (0, 0.9), as the reimplementation
     beta2: float = 0.9
     n_aux: int = 1                       # N_aux: fake-score updates per generator step
-    w_vlm: float = 0.02                  # weight of L_vlm (the reimplementation's 0.02)
+    w_vlm: float = 0.07                  # weight of L_vlm (the reimplementation: 0.02; docs/log.md)
     w_dmd: float = 1.0                   # weight of L_dmd
     cfg: float = 3.0                     # real score CFG scale
     cfg_by_type: str = ""                # per edit type, e.g. "add=8,color=5" (others: cfg)
@@ -97,8 +97,9 @@ _REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, warmup_s
              vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True, eval_n=0, log_every=10,
              grid_every=500, ckpt_every=500)
 PRESETS = {
-    # the shipped prior and judge, 2 CPU cores; seed 0 alone: 8 min 40 s, success 0.554,
-    # preservation 0.947, realism 0.978, removals 0.00 (README.md; docs/log.md, "Small world v2")
+    # the shipped prior and judge, 2 CPU cores; seed 0 (1 thread beside another run): 13.8 min,
+    # success 0.596, preservation 0.985, realism 0.966, removals 0.01 (README.md; docs/log.md,
+    # "The shipped small preset on v2")
     "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,

@@ -25,7 +25,7 @@ def test_question_labels_follow_the_scene():
             assert label == (t == "edit_done" and len(images) == 2 or t == "same_except")
         if kind in ("unchanged", "adversarial"):
             assert label == (t == "same_except" or len(images) == 1)  # a removal: still there
-        if kind == "extra_change" and t == "same_except":
+        if kind == "extra_change" and t == "same_except" or kind == "added_instead":
             assert not label
     s = tw.Scene("white", (("red", "circle"), None, None, None))
     for _ in range(200):
@@ -36,6 +36,39 @@ def test_question_labels_follow_the_scene():
             assert label == ("red circle at top left" in q)
     assert tt.matches("the red one", s) and tt.matches("the object at the upper left", s)
     assert not tt.matches("the circle in the lower right corner", s)
+
+
+def test_partial_edits_get_a_soft_answer_that_the_judge_loss_uses():
+    """partial_sample + blend: alpha 0 is the reference, 1 the target; the edit question's answer
+    grows with alpha (a removal's "does it have" falls); judge_batch_loss trains on it."""
+    import pretrain as P
+    rng = random.Random(0)
+    assert J.soft_yes(0) < 0.05 < J.soft_yes(0.3) < 0.5 < J.soft_yes(0.7) < 0.95 < J.soft_yes(1)
+    batch = [J.partial_sample(rng) for _ in range(40)]
+    for imgs, q, a, info in batch:
+        edit_q = info["type"] == "edit_done"
+        removal = len(imgs) == 1
+        want = J.soft_yes(info["alpha"]) if edit_q and not removal else \
+            1 - J.soft_yes(info["alpha"]) if edit_q else 1.0
+        assert info["p_yes"] == want and a == ("yes" if want > 0.5 else "no")
+    imgs, q, a, info = batch[0]
+    for alpha, scene in ((0.0, info["reference"]), (1.0, imgs[-1])):
+        out = {}
+        J.blend([(imgs, q, a, dict(info, alpha=alpha))], out)
+        assert torch.allclose(out[0], tw.to_tensor([tw.render(scene)])[0])
+    torch.manual_seed(0)
+    tok = J.judge_tokenizer()
+    judge = V.Judge(V.Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(tok, 32, 32, 1))
+                    .eval(), tok)
+    heads = P.CellHeads(judge.vlm.config.text_config.hidden_size)
+    soft = [s for s in batch if 0 < s[3]["p_yes"] < 1][:4]
+    losses = []
+    for p in (0.01, 0.99):
+        b = [(i, q, a, dict(info, p_yes=p)) for i, q, a, info in soft]
+        perturbed = {}
+        J.blend(b, perturbed)
+        losses.append(P.judge_batch_loss(judge, heads, b, None, perturbed)[0].item())
+    assert abs(losses[0] - losses[1]) > 1e-3, losses  # the soft answer enters the loss
 
 
 def test_the_attack_flips_an_untrained_judge_and_robustness_reports_it():

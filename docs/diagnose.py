@@ -1,6 +1,7 @@
 """Why a small-world run falls short: the measurements behind docs/log.md's analysis.
 
     python docs/diagnose.py out/small     # a run's out_dir (needs its ckpt, with the fake score)
+    python docs/diagnose.py --judge assets/small/judge   # the judge alone (judge_slope)
 
 Prints, per edit type, on 48 training-split edits each (seeded):
   dmd    cosine between the DMD descent direction x0_real - x0_fake (dmd.py, the run's own fake
@@ -141,6 +142,28 @@ def judge_direction(judge, ref, tgt, edits):
     return out
 
 
+def judge_slope(path, n=16):
+    """Per edit type, on n training-split edits: judge_direction, and the judge's signed answer
+    (+: the answer a done edit gets) to the edit question along the pixel blend from the
+    reference (alpha 0) to the target (alpha 1). A flat start means no direction at the copy."""
+    judge = V.small_judge(path)
+    for typ in tw.EDIT_TYPES:
+        edits = edits_of(typ, n)
+        ref = tw.to_tensor([tw.render(e.reference) for e in edits])
+        tgt = tw.to_tensor([tw.render(e.target) for e in edits])
+        (m0, c0), (m1, c1) = judge_direction(judge, ref, tgt, edits)
+        signed = []
+        for alpha in (0, 0.25, 0.5, 1):
+            with torch.no_grad():
+                groups = V.answer_logits(judge, ref, torch.lerp(ref, tgt, alpha),
+                                         [e.instruction for e in edits], [e.type for e in edits],
+                                         [e.object for e in edits], slots=(0,))
+            signed.append(torch.cat([(w.float() * 2 - 1) * d for _, d, _, w in groups]).mean())
+        print(f"{typ:10s} -dL/dx mass / cosine: at the reference {m0} / {c0:+.2f}, halfway {m1} /"
+              f" {c1:+.2f} | signed l_yes - l_no at alpha 0, .25, .5, 1: "
+              + " ".join(f"{v:+.1f}" for v in signed), flush=True)
+
+
 @torch.no_grad()
 def main(run, n=48):
     torch.manual_seed(0)
@@ -188,6 +211,9 @@ def main(run, n=48):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 3 and sys.argv[1] == "--judge":
+        judge_slope(sys.argv[2])
+    elif len(sys.argv) == 2:
+        main(sys.argv[1])
+    else:
         raise SystemExit(__doc__.split("\n\n")[1])
-    main(sys.argv[1])

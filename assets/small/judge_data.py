@@ -9,9 +9,14 @@ position, color, shape, background. Two-image types ask exactly what vlm_reward.
 the target's (a removal: "does the image have <object>?" of the candidate alone); "same_except"
 iff every other element equals the reference's. Candidates: the target, the unchanged
 reference, a wrong edit (same type, other cell or value), the edit plus an extra change, a
-different scene, and the unchanged reference attacked while training ("adversarial").
+colour or shape "edit" done by adding a new object instead ("added_instead"), a different scene,
+and the unchanged reference attacked while training ("adversarial"). Partial edits (pixel blends
+of reference and target, partial_sample) get a soft answer that grows with the blend, so the
+judge's answer has a slope from the copy towards the edit (docs/log.md, "A judge with a slope
+at the copy").
 Instructions come from toytext's trained grammar; the eval set adds its held-out grammar.
 """
+import math
 import random
 
 import torch
@@ -26,7 +31,8 @@ SINGLE_Q = {"presence": ["is there a {obj} in the image ?", "does the image have
             "shape": ["is the object at {cell} a {shape} ?"],
             "background": ["is the background {bg} ?"]}
 CANDIDATES = ("target", "unchanged", "wrong_edit", "extra_change", "different_scene",
-              "adversarial")
+              "adversarial", "added_instead")
+WEIGHTS = (0.35, 0.15, 0.15, 0.15, 0.05, 0.05, 0.1)
 YN = " answer yes or no ."
 
 
@@ -86,16 +92,26 @@ def pair_question(rng, grammar="pretrain"):
     kind 'adversarial' is the unchanged reference, to be perturbed by attack() while training.
     grammar: 'pretrain' (the trained grammar) or 'heldout_grammar'."""
     edit = tt.random_edit(rng, grammar)
-    kind = rng.choices(CANDIDATES, weights=(0.35, 0.15, 0.2, 0.15, 0.05, 0.1))[0]
+    kind = rng.choices(CANDIDATES, weights=WEIGHTS)[0]
+    empty = [i for i in range(4) if edit.reference.cells[i] is None]
+    if kind == "added_instead" and (edit.type not in ("color", "shape") or not empty):
+        kind = "extra_change"
     cand = edit.target
     if kind in ("unchanged", "adversarial"):
         cand = edit.reference
     elif kind == "wrong_edit":  # the same type of edit, other cell or other value
         while cand == edit.target:
             cand = _random_edit_of(rng, edit.reference, edit.type).target
+    elif kind == "added_instead":  # the new colour / shape drawn as a new object elsewhere
+        obj = edit.target.cells[next(e for e in edit.touched if e != "bg")]
+        cand = tw.apply_edit(edit.reference, "add", cell=rng.choice(empty), color=obj[0],
+                             shape=obj[1]).target
     elif kind == "extra_change":  # the edit, plus a change of an element it does not touch
+        n_obj = len(edit.target.objects())
+        types = ("color", "shape", "background") + (("add",) if n_obj < 4 else ()) + \
+            (("remove",) if n_obj > 1 else ())
         while True:
-            e2 = _random_edit_of(rng, edit.target, rng.choice(("color", "shape", "background")))
+            e2 = _random_edit_of(rng, edit.target, rng.choice(types))
             if not set(e2.touched) & set(edit.touched):
                 cand = e2.target
                 break
@@ -158,6 +174,36 @@ def adversarial_sample(rng):
     return [edit.reference] * n_img, q, "yes" if yes else "no", \
         {"type": "edit_done", "kind": "adversarial",
          "ground": grounding([edit.reference] * n_img, next((e for e in edit.touched if e != "bg"), None))}
+
+
+def soft_yes(alpha, slope=8.0, mid=0.5):
+    """The answer a partial edit gets: P(yes, the edit was done) = sigmoid(slope (alpha - mid)),
+    alpha the share of the way from reference to target (0: a copy, 1: the edit): the logit
+    rises steadily from the copy (mid 0.8, where a half-faded object still reads "not done", was
+    tried too: docs/log.md, "A judge with a slope at the copy")."""
+    return 1 / (1 + math.exp(-slope * (alpha - mid)))
+
+
+def partial_sample(rng):
+    """A partial edit asked one of vlm_loss's questions: images (reference, target), to be blended
+    by blend() into (1 - alpha) reference + alpha target. The edit question's answer is soft,
+    soft_yes(alpha) (a removal's "does the image have": 1 - soft_yes); the identity question's is
+    yes at every alpha (only the edited element moves). -> (images, question, answer, info)."""
+    edit = tt.random_edit(rng, "pretrain")
+    alpha, slot = rng.random(), 0 if rng.random() < 0.75 else 1
+    q, n_img, want = V.edit_questions(edit.instruction, edit.type, edit.object)[slot]
+    p = 1.0 if slot == 1 else (soft_yes(alpha) if want else 1 - soft_yes(alpha))
+    info = {"type": "same_except" if slot else "edit_done", "kind": "partial", "alpha": alpha,
+            "p_yes": p, "reference": edit.reference}
+    return [edit.reference, edit.target][2 - n_img:], q, "yes" if p > 0.5 else "no", info
+
+
+def blend(batch, perturbed):
+    """The partial samples' last images: (1 - alpha) render(reference) + alpha render(target)."""
+    for b, (imgs, _, _, info) in enumerate(batch):
+        if info.get("kind") == "partial":
+            ref, tgt = tw.to_tensor([tw.render(info["reference"]), tw.render(imgs[-1])])
+            perturbed[b] = torch.lerp(ref, tgt, info["alpha"])
 
 
 def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4, grammar="pretrain"):

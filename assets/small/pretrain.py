@@ -4,8 +4,9 @@
     python assets/small/pretrain.py judge     # the VLM judge            -> assets/small/judge/
 
 The shipped prior is the default command's (docs/log.md, "The prior on captions"); the shipped
-judge a two-run fine-tune of an earlier judge with adversarial training (--init, --adv_n,
---noise; docs/log.md, "The judge on v2", has both commands).
+judge a chain of fine-tunes of an earlier judge: adversarial training (--adv_n), noise
+(--noise), then partial edits (--partial_n); docs/log.md ("The judge on v2", "A judge with a
+slope at the copy") has every command.
 
 NP-Edit needs a pretrained text-to-image flow model (generator init, real score, fake score init)
 and a pretrained VLM. Nothing can be downloaded in the small world, so the repo trains tiny ones
@@ -241,14 +242,22 @@ def judge_batch_loss(judge, heads, batch, ground=None, perturbed=None):
     logits, mask, ids, hid = judge.forward(texts, [feats], hidden=True)
     n_prompt = [len(judge.tokenizer(judge.prompt(q, len(imgs))).input_ids) for imgs, q, _, _ in batch]
     labels = ids.masked_fill(mask == 0, -100)
+    soft = [b for b, s in enumerate(batch) if 0 < s[3].get("p_yes", 0) < 1]
     for b, n in enumerate(n_prompt):
-        labels[b, :n] = -100
+        labels[b, :n if b not in soft else None] = -100
     # mean over each sample's answer tokens, then over samples: a one-word yes/no answer weighs
     # as much as a 20-word caption (a token mean drowned the yes/no signal: chance after 9 min)
     tok_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100,
                                reduction="none")
     n_ans = (labels[:, 1:] != -100).sum(1).clamp(min=1)
     lm = (tok_loss.sum(1) / n_ans).mean()
+    if soft:  # partial edits: l_yes - l_no regressed onto the soft answer's logit (a BCE on
+        # it left the answer flat near the copy, where its gradient vanishes: docs/log.md)
+        pos = torch.tensor([n_prompt[b] - 1 for b in soft])
+        at = logits[torch.tensor(soft), pos].float()
+        p = torch.tensor([batch[b][3]["p_yes"] for b in soft])
+        d = at[:, judge.yes_id] - at[:, judge.no_id]
+        lm = lm + F.smooth_l1_loss(d, torch.log(p / (1 - p))) * len(soft) / len(batch)
     aux = heads.loss(feats, scenes)
     yn = [b for b, s in enumerate(batch) if "ground" in s[3]]
     if ground is not None and yn:
@@ -305,7 +314,9 @@ def pretrain_judge(a):
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
         batch += [J.adversarial_sample(rng) for _ in range(a.adv_n)]
+        batch += [J.partial_sample(rng) for _ in range(a.partial_n)]
         perturbed = J.adversarial(judge, batch, a.adv_steps, a.adv_lr)
+        J.blend(batch, perturbed)
         J.noisy(batch, perturbed, a.noise)
         vlm.train()
         lm, aux = judge_batch_loss(judge, heads, batch, ground, perturbed)
@@ -338,7 +349,7 @@ def pretrain_judge(a):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("what", choices=["prior", "judge"])
-    p.add_argument("--steps", type=int, default=None, help="default: prior 4500, judge 6000")
+    p.add_argument("--steps", type=int, default=None, help="default: prior 7500, judge 6000")
     p.add_argument("--layers", type=int, default=4, help="prior: transformer blocks")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -365,6 +376,8 @@ if __name__ == "__main__":
     p.add_argument("--adv_lr", type=float, default=0.02, help="judge: the attack's lr")
     p.add_argument("--adv_n", type=int, default=0,
                    help="judge: attacked unchanged references added to every batch")
+    p.add_argument("--partial_n", type=int, default=0,
+                   help="judge: partial edits a batch, with soft answers (judge_data.partial_sample)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="judge: share of images given Gaussian noise (augmentation)")
     p.add_argument("--probe_n", type=int, default=0,
@@ -376,6 +389,6 @@ if __name__ == "__main__":
                    help="prior: phase 1, structured prompts only (0: no phase 1)")
     p.add_argument("--caption_lr", type=float, default=1e-3, help="prior: phase 2's peak lr")
     a = p.parse_args()
-    a.steps = a.steps or {"prior": 4500, "judge": 6000}[a.what]
+    a.steps = a.steps or {"prior": 7500, "judge": 6000}[a.what]
     torch.set_num_threads(a.threads)
     {"prior": pretrain_prior, "judge": pretrain_judge}[a.what](a)
