@@ -38,7 +38,7 @@ ROWS = {
     "grpo": ("Flow-GRPO (judge as reward), lr 5e-4", ["--method=grpo"]),
     "grpo_lr1e-4": ("Flow-GRPO, lr 1e-4", ["--method=grpo", "--lr=1e-4"]),
     "grpo_lr2e-3": ("Flow-GRPO, lr 2e-3", ["--method=grpo", "--lr=2e-3"]),
-    # an SFT step costs ~1/4 of an NP-Edit step (265 vs ~1000 ms at batch 16, 2 CPU threads)
+    # an SFT step costs ~1/4 of an NP-Edit step (65 vs 287 ms at the small preset, 1 thread)
     "sft_4x": ("SFT on true pairs, 4x steps (~same wall clock)", ["--method=sft"]),
 }
 STEPS_TIMES = {"sft_4x": 4}  # rows that run a multiple of the shared max_steps
