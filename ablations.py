@@ -13,7 +13,7 @@ steps, about NP-Edit's wall clock), and is scored on the same fixed eval set
   vlm_only   no DMD (w_dmd = 0)
   no_ident   no "is the rest unchanged?" question
   full_vocab full-vocabulary cross-entropy instead of the yes/no BCE
-  grpo       Flow-GRPO with the same judge as a scalar reward (baselines.py), at three lrs
+  grpo       Flow-GRPO with the same judge as a scalar reward (baselines.py), at four lrs
 Writes out/ablations/results.md (markdown table, mean +- std over seeds, wall time per row) and
 out/ablations/grid.png (one row per method on the same inputs), and prints the table.
 """
@@ -37,7 +37,8 @@ ROWS = {
     "full_vocab": ("full-vocab CE", ["--full_vocab=true"]),
     "grpo": ("Flow-GRPO (judge as reward), lr 5e-4", ["--method=grpo"]),
     "grpo_lr1e-4": ("Flow-GRPO, lr 1e-4", ["--method=grpo", "--lr=1e-4"]),
-    "grpo_lr2e-3": ("Flow-GRPO, lr 2e-3", ["--method=grpo", "--lr=2e-3"]),
+    "grpo_lr2e-5": ("Flow-GRPO, lr 2e-5", ["--method=grpo", "--lr=2e-5"]),
+    "grpo_lr5e-6": ("Flow-GRPO, lr 5e-6", ["--method=grpo", "--lr=5e-6"]),
     # an SFT step costs ~1/4 of an NP-Edit step (65 vs 287 ms at the small preset, 1 thread)
     "sft_4x": ("SFT on true pairs, 4x steps (~same wall clock)", ["--method=sft"]),
 }

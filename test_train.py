@@ -82,6 +82,19 @@ def test_lr_schedule_holds_then_decays_over_decay_steps():
     assert lr(80, "--cosine=true", "--decay_steps=1000") == lr(80, "--cosine=true")  # capped
 
 
+def test_vlm_weight_is_constant_or_annealed_linearly_to_its_last_step():
+    """vlm_anneal 1 keeps w_vlm; vlm_anneal a takes it linearly to a w_vlm at the last step, and the
+    total loss uses that weight."""
+    def cfg(*a):
+        return train.parse_args(["--config", "tiny", "--max_steps=101", "--w_vlm=0.2", *a])[1]
+    assert [train.vlm_weight(cfg(), s) for s in (0, 100)] == [0.2, 0.2]
+    c = cfg("--vlm_anneal=0.1")
+    assert train.vlm_weight(c, 0) == 0.2 and train.vlm_weight(c, 50) == pytest.approx(0.11)
+    assert train.vlm_weight(c, 100) == pytest.approx(0.02)
+    terms = {"vlm": torch.tensor(1.0), "dmd": torch.tensor(0.0), "nothing": torch.tensor(0.0)}
+    assert train.total_loss(c, terms, 100).item() == pytest.approx(0.02)
+
+
 def _torchrun(*args):
     return subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "train.py", "--config",
                            "tiny", "--threads=1", "--eval_n=0", *args], cwd=HERE,

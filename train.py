@@ -151,9 +151,15 @@ def generator_losses(cfg, gen, S, b, step):
     return x, cap, terms
 
 
-def total_loss(cfg, terms):
+def vlm_weight(cfg, step):
+    """w_vlm at this step: constant, or (vlm_anneal < 1) linear down to vlm_anneal w_vlm at the
+    last step, so that DMD has the last word on realism (docs/log.md, "Annealing w_vlm")."""
+    return cfg.w_vlm * (1 + (cfg.vlm_anneal - 1) * step / max(1, cfg.max_steps - 1))
+
+
+def total_loss(cfg, terms, step=0):
     """L = w_vlm L_vlm + w_dmd L_dmd + the do-nothing MSE (docs/method.md, "The total loss")."""
-    return cfg.w_vlm * terms["vlm"] + cfg.w_dmd * terms["dmd"] + terms["nothing"]
+    return vlm_weight(cfg, step) * terms["vlm"] + cfg.w_dmd * terms["dmd"] + terms["nothing"]
 
 
 def fake_score_steps(T, x, cap):
@@ -176,10 +182,10 @@ def npedit_step(T, next_batch, step):
     b = next_batch(cfg.batch_size)
     with T.autocast():
         x, cap, terms = generator_losses(cfg, T.gen, T.S, b, step)
-        loss = total_loss(cfg, terms)
+        loss = total_loss(cfg, terms, step)
     logs = {"vlm": terms["vlm"].item(), "dmd": terms["dmd"].item()}
     if (step + 1) % cfg.log_every == 0 and not T.ddp:  # how hard each loss pulls on x
-        for k, w in (("vlm", cfg.w_vlm), ("dmd", cfg.w_dmd)):
+        for k, w in (("vlm", vlm_weight(cfg, step)), ("dmd", cfg.w_dmd)):
             g = torch.autograd.grad(w * terms[k], x, retain_graph=True, allow_unused=True)[0]
             logs[f"|dL/dx| {k}"] = 0.0 if g is None else g.norm().item()
     logs.update(T.update(loss, step))

@@ -16,8 +16,9 @@ Prints, per edit type, on 48 training-split edits each (seeded):
   judge  where the judge's L_vlm gradient w.r.t. the pixels points, at the unchanged reference
          and halfway to the target: its share of squared mass in the touched cell (a quarter
          is chance) and its cosine with target - x. Is there a direction to start an edit?
-and, on the 500 eval edits, each type's success split by what the editor never trained on: a
-held-out colour x shape combination in the scene (toyworld.HELDOUT_COMBOS), the held-out grammar.
+and, on the 500 eval edits, each type's success split by what the editor never trained on (a
+held-out colour x shape combination in the scene, toyworld.HELDOUT_COMBOS; the held-out grammar)
+and by whether the instruction names the object's place or only its colour or shape.
 """
 import copy
 import os
@@ -107,21 +108,29 @@ def speckle(gen, ref, instructions, shift):
 
 def heldout_split(edit_fn, n=500):
     """Success per edit type on the first n eval edits, split by whether the scene holds a
-    held-out combination, and by whether the instruction uses the held-out grammar. Prints, and
-    returns {"combo"/"grammar": {type: (success trained, success held-out, n held-out)}}."""
+    held-out combination, by whether the instruction uses the held-out grammar, and by whether
+    it names a place ("place": a cell word, as in "the object at top right"; else the object is
+    named by colour or shape only). Prints, and returns {"combo"/"grammar"/"place": {type:
+    (success without, success with, n with)}}."""
     edits = tt.eval_edits(n)
     _, images = tw.evaluate(edit_fn, edits)
     ok = [tw.score_edit(e, im)["success"] for e, im in zip(edits, images)]
-    splits = {"combo": tw.has_heldout_combo, "grammar": lambda e: e.heldout_grammar}
+    places = [w for words in tt.CELL_WORDS.values() for w in words]
+    show = lambda v: "-" if np.isnan(v) else f"{v:.3f}"  # noqa: E731  (a side with no edits)
+    splits = {"combo": tw.has_heldout_combo, "grammar": lambda e: e.heldout_grammar,
+              "place": lambda e: any(w in e.instruction for w in places)}
     out = {}
     for name, held in splits.items():
         out[name] = {}
         for typ in ("all",) + tw.EDIT_TYPES:
             rows = [(held(e), s) for e, s in zip(edits, ok) if typ in ("all", e.type)]
             new = [s for h, s in rows if h]
-            out[name][typ] = (np.mean([s for h, s in rows if not h]), np.mean(new), len(new))
-        print(f"success, trained / held-out {name} (n held-out): " + " | ".join(
-            f"{t} {a:.3f} / {b:.3f} ({k})" for t, (a, b, k) in out[name].items()))
+            old = [s for h, s in rows if not h]
+            out[name][typ] = (np.mean(old) if old else np.nan, np.mean(new) if new else np.nan,
+                              len(new))
+        head = "without / with a place word" if name == "place" else f"trained / held-out {name}"
+        print(f"success, {head} (n with): " + " | ".join(
+            f"{t} {show(a)} / {show(b)} ({k})" for t, (a, b, k) in out[name].items()))
     return out
 
 

@@ -184,15 +184,16 @@ def soft_yes(alpha, slope=8.0, mid=0.5):
     return 1 / (1 + math.exp(-slope * (alpha - mid)))
 
 
-def partial_sample(rng):
+def partial_sample(rng, mid=0.5):
     """A partial edit asked one of vlm_loss's questions: images (reference, target), to be blended
     by blend() into (1 - alpha) reference + alpha target. The edit question's answer is soft,
-    soft_yes(alpha) (a removal's "does the image have": 1 - soft_yes); the identity question's is
-    yes at every alpha (only the edited element moves). -> (images, question, answer, info)."""
+    soft_yes(alpha, mid=mid) (a removal's "does the image have": 1 - soft_yes); the identity
+    question's is yes at every alpha (only the edited element moves).
+    -> (images, question, answer, info)."""
     edit = tt.random_edit(rng, "pretrain")
     alpha, slot = rng.random(), 0 if rng.random() < 0.75 else 1
     q, n_img, want = V.edit_questions(edit.instruction, edit.type, edit.object)[slot]
-    p = 1.0 if slot == 1 else (soft_yes(alpha) if want else 1 - soft_yes(alpha))
+    p = 1.0 if slot == 1 else (soft_yes(alpha, mid=mid) if want else 1 - soft_yes(alpha, mid=mid))
     info = {"type": "same_except" if slot else "edit_done", "kind": "partial", "alpha": alpha,
             "p_yes": p, "reference": edit.reference}
     return [edit.reference, edit.target][2 - n_img:], q, "yes" if p > 0.5 else "no", info

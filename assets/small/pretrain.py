@@ -5,8 +5,8 @@
 
 The shipped prior is the default command's (docs/log.md, "The prior on captions"); the shipped
 judge a chain of fine-tunes of an earlier judge: adversarial training (--adv_n), noise
-(--noise), then partial edits (--partial_n); docs/log.md ("The judge on v2", "A judge with a
-slope at the copy") has every command.
+(--noise), then partial edits (--partial_n, --soft_mid); docs/log.md ("The judge on v2", "A
+judge with a slope at the copy") has every command.
 
 NP-Edit needs a pretrained text-to-image flow model (generator init, real score, fake score init)
 and a pretrained VLM. Nothing can be downloaded in the small world, so the repo trains tiny ones
@@ -270,6 +270,7 @@ def pretrain_judge(a):
     from transformers import Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
+    J.WEIGHTS = (*J.WEIGHTS[:-1], a.added_instead)  # the candidates of training and eval
     out = a.out or os.path.join(ASSETS, "judge")
     state_path = os.path.join(a.state_dir, "judge_state.pt")
     tokenizer = J.judge_tokenizer()
@@ -314,7 +315,7 @@ def pretrain_judge(a):
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
         batch += [J.adversarial_sample(rng) for _ in range(a.adv_n)]
-        batch += [J.partial_sample(rng) for _ in range(a.partial_n)]
+        batch += [J.partial_sample(rng, a.soft_mid) for _ in range(a.partial_n)]
         perturbed = J.adversarial(judge, batch, a.adv_steps, a.adv_lr)
         J.blend(batch, perturbed)
         J.noisy(batch, perturbed, a.noise)
@@ -378,6 +379,10 @@ if __name__ == "__main__":
                    help="judge: attacked unchanged references added to every batch")
     p.add_argument("--partial_n", type=int, default=0,
                    help="judge: partial edits a batch, with soft answers (judge_data.partial_sample)")
+    p.add_argument("--soft_mid", type=float, default=0.5,
+                   help="judge: where a partial edit's soft answer crosses 1/2 (judge_data.soft_yes)")
+    p.add_argument("--added_instead", type=float, default=J.WEIGHTS[-1],
+                   help="judge: the 'added instead' candidates' weight (judge_data.WEIGHTS)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="judge: share of images given Gaussian noise (augmentation)")
     p.add_argument("--probe_n", type=int, default=0,
