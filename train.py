@@ -153,7 +153,8 @@ def generator_losses(cfg, gen, S, b, step):
 
 def vlm_weight(cfg, step):
     """w_vlm at this step: constant, or (vlm_anneal < 1) linear down to vlm_anneal w_vlm at the
-    last step, so that DMD has the last word on realism (docs/log.md, "Annealing w_vlm")."""
+    last step, so that DMD has the last word on realism (docs/method.md, "Where this repo
+    differs"; docs/log.md, "Why colour and removal stay low")."""
     return cfg.w_vlm * (1 + (cfg.vlm_anneal - 1) * step / max(1, cfg.max_steps - 1))
 
 
