@@ -270,7 +270,7 @@ def pretrain_judge(a):
     from transformers import Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
-    J.WEIGHTS = (*J.WEIGHTS[:-1], a.added_instead)  # the candidates of training and eval
+    J.WEIGHTS = tuple(dict(zip(J.CANDIDATES, J.WEIGHTS), added_instead=a.added_instead).values())
     out = a.out or os.path.join(ASSETS, "judge")
     state_path = os.path.join(a.state_dir, "judge_state.pt")
     tokenizer = J.judge_tokenizer()
@@ -381,8 +381,8 @@ if __name__ == "__main__":
                    help="judge: partial edits a batch, with soft answers (judge_data.partial_sample)")
     p.add_argument("--soft_mid", type=float, default=0.5,
                    help="judge: where a partial edit's soft answer crosses 1/2 (judge_data.soft_yes)")
-    p.add_argument("--added_instead", type=float, default=J.WEIGHTS[-1],
-                   help="judge: the 'added instead' candidates' weight (judge_data.WEIGHTS)")
+    p.add_argument("--added_instead", type=float, help="judge: the 'added instead' candidates'"
+                   " weight (judge_data.WEIGHTS)", default=dict(zip(J.CANDIDATES, J.WEIGHTS))["added_instead"])
     p.add_argument("--noise", type=float, default=0.0,
                    help="judge: share of images given Gaussian noise (augmentation)")
     p.add_argument("--probe_n", type=int, default=0,
