@@ -95,7 +95,7 @@ def grid(results, root, n=12):
         generator, cfg = load_editor(f"{root}/{row}_s{results[row][0][2]}")
         with torch.no_grad():
             rows.append(M.editor_fn(generator, "cpu", cfg.shift)(refs, [e.instruction for e in edits]))
-    names = ["input", "target"] + [ROWS[row][0].split(" (")[0].split(",")[0] for row in results]
+    names = ["input", "target"] + [ROWS[row][0].split(" (")[0] for row in results]
     tw.grid(rows, captions=[e.instruction for e in edits], names=names).save(f"{root}/grid.png")
 
 
