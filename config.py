@@ -36,7 +36,7 @@ class Config:
     warmup_steps: int = 200              # identity warm-up ("learn to copy") steps
     warmup_lr: float = 1e-3
     warmup_prompt: str = "caption"       # warm-up prompt: "caption" of y (paper) | "instruction"
-    max_steps: int = 2800                # generator steps after the warm-up
+    max_steps: int = 4000                # generator steps after the warm-up
     lr: float = 5e-4                     # generator
     cosine: bool = True                  # decay the generator lr to 0 (cosine)
     decay_steps: int = 1600              # cosine: hold the lr, decay over the last N (0: all)

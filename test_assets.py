@@ -18,7 +18,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def test_shipped_prior_draws_its_captions():
-    """The default prior (`python assets/small/pretrain.py prior`) on 32 held-out scenes: its
+    """The shipped prior (pretrain.py's docstring has its commands) on 32 held-out scenes: its
     samples agree with captioners' captions, and complete captions give the exact scene
     (docs/log.md, "The prior": 256 scenes)."""
     torch.manual_seed(0)

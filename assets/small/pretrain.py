@@ -3,10 +3,10 @@
     python assets/small/pretrain.py prior     # the text-to-image prior  -> assets/small/prior/
     python assets/small/pretrain.py judge     # the VLM judge            -> assets/small/judge/
 
-The shipped prior is the default command's (docs/log.md, "The prior on captions"); the shipped
-judge a chain of fine-tunes of an earlier judge: adversarial training (--adv_n), noise
-(--noise), then partial edits (--partial_n, --soft_mid); docs/log.md ("The judge on v2", "A
-judge with a slope at the copy") has every command.
+Shipped prior: the default command's, then `prior --init assets/small/prior --seed 1
+--structured_steps 0 --steps 2000 --lr 3e-4 --warmup 50`; judge: a chain of fine-tunes with
+adversarial training (--adv_n), noise (--noise), partial edits (--partial_n, --soft_mid).
+docs/log.md ("The prior on captions", "The judge on v2", "A judge with a slope at the copy").
 
 NP-Edit needs a pretrained text-to-image flow model (generator init, real score, fake score init)
 and a pretrained VLM. Nothing can be downloaded in the small world, so the repo trains tiny ones
