@@ -100,8 +100,8 @@ _REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, warmup_s
              grid_every=500, ckpt_every=500)
 PRESETS = {
     # the shipped prior and judge, 2 CPU cores; seeds 0 / 1 / 2 (1 thread beside another run,
-    # 15.0-15.3 min): success 0.614 / 0.614 / 0.550, preservation 0.977-0.984, realism
-    # 0.904-0.920, removals 0.31 / 0.39 / 0.00 (docs/log.md, "The shipped small preset")
+    # 19.5-20.2 min): success 0.664 / 0.664 / 0.604, preservation 0.967-0.979, realism
+    # 0.904-0.936, removals 0.59 / 0.44 / 0.03 (docs/log.md, "The shipped small preset")
     "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,
