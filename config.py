@@ -99,9 +99,9 @@ _REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, warmup_s
              vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True, eval_n=0, log_every=10,
              grid_every=500, ckpt_every=500)
 PRESETS = {
-    # the shipped prior and judge, 2 CPU cores; seeds 0 / 1 / 2 (1 thread beside another run,
-    # 19.5-20.2 min): success 0.664 / 0.664 / 0.604, preservation 0.967-0.979, realism
-    # 0.904-0.936, removals 0.59 / 0.44 / 0.03 (docs/log.md, "The shipped small preset")
+    # the shipped prior and judge, 2 CPU cores; seeds 0 / 1 / 2 (1 thread, beside other runs):
+    # success 0.644 / 0.636 / 0.730, preservation 0.962-0.974, realism 0.926-0.982, removals
+    # 0.24 / 0.00 / 0.72 (docs/log.md, "A judge that tells the colour asked for")
     "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,

@@ -71,6 +71,18 @@ def test_partial_edits_get_a_soft_answer_that_the_judge_loss_uses():
     assert abs(losses[0] - losses[1]) > 1e-3, losses  # the soft answer enters the loss
 
 
+def test_partial_edits_towards_a_wrong_edit_keep_the_copys_answer():
+    """partial_sample(wrong=1): the blend goes towards another edit of the same type, asked the
+    edit question; its answer is the copy's ("no"; a removal's "does it have": "yes") at any alpha."""
+    rng = random.Random(1)
+    for _ in range(30):
+        imgs, q, a, info = J.partial_sample(rng, mid=0.8, wrong=1.0)
+        removal = len(imgs) == 1
+        assert info["type"] == "edit_done" and imgs[-1] != info["reference"]
+        assert info["p_yes"] == (1 - J.soft_yes(0, mid=0.8) if removal else J.soft_yes(0, mid=0.8))
+        assert a == ("yes" if removal else "no")
+
+
 def test_the_attack_flips_an_untrained_judge_and_robustness_reports_it():
     """judge_data.attack pushes the answer where it is told; robustness() counts the flips."""
     torch.manual_seed(0)

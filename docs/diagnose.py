@@ -151,26 +151,51 @@ def judge_direction(judge, ref, tgt, edits):
     return out
 
 
+def wrong_edit(rng, edit):
+    """The same type of edit of the same reference, done wrong: another cell or value (None if
+    there is none: a lone object's removal)."""
+    for _ in range(100):
+        kw = {"bg": rng.choice([b for b in tw.BACKGROUNDS if b != edit.reference.bg])}
+        if edit.type != "background":
+            cells = [i for i in range(4) if (edit.reference.cells[i] is None) == (edit.type == "add")]
+            kw = {"cell": rng.choice(cells), "color": rng.choice(list(tw.COLORS)),
+                  "shape": rng.choice(tw.SHAPES)}
+            kw = {k: v for k, v in kw.items() if k == "cell" or edit.type in ("add", k)}
+        try:
+            wrong = tw.apply_edit(edit.reference, edit.type, **kw).target
+        except (ValueError, IndexError):
+            continue
+        if wrong not in (edit.target, edit.reference):
+            return wrong
+    return None
+
+
 def judge_slope(path, n=16):
     """Per edit type, on n training-split edits: judge_direction, and the judge's signed answer
     (+: the answer a done edit gets) to the edit question along the pixel blend from the
-    reference (alpha 0) to the target (alpha 1). A flat start means no direction at the copy."""
+    reference (alpha 0) to the target (alpha 1), and at the same type of edit done wrong (another
+    cell or value: judge_data's "wrong edit"). A flat start means no direction at the copy; a
+    wrong edit that scores like the target means no direction towards the value asked for."""
     judge = V.small_judge(path)
+    rng = random.Random(0)
     for typ in tw.EDIT_TYPES:
         edits = edits_of(typ, n)
         ref = tw.to_tensor([tw.render(e.reference) for e in edits])
         tgt = tw.to_tensor([tw.render(e.target) for e in edits])
         (m0, c0), (m1, c1) = judge_direction(judge, ref, tgt, edits)
-        signed = []
-        for alpha in (0, 0.25, 0.5, 1):
+        signed, wrong = [], [wrong_edit(rng, e) for e in edits]
+        keep = [i for i, w in enumerate(wrong) if w is not None]
+        blends = [(ref, torch.lerp(ref, tgt, a), edits) for a in (0, 0.25, 0.5, 1)]
+        for r, x, es in blends + [(ref[keep], tw.to_tensor([tw.render(wrong[i]) for i in keep]),
+                                   [edits[i] for i in keep])]:
             with torch.no_grad():
-                groups = V.answer_logits(judge, ref, torch.lerp(ref, tgt, alpha),
-                                         [e.instruction for e in edits], [e.type for e in edits],
-                                         [e.object for e in edits], slots=(0,))
+                groups = V.answer_logits(judge, r, x, [e.instruction for e in es],
+                                         [e.type for e in es], [e.object for e in es], slots=(0,))
             signed.append(torch.cat([(w.float() * 2 - 1) * d for _, d, _, w in groups]).mean())
         print(f"{typ:10s} -dL/dx mass / cosine: at the reference {m0} / {c0:+.2f}, halfway {m1} /"
               f" {c1:+.2f} | signed l_yes - l_no at alpha 0, .25, .5, 1: "
-              + " ".join(f"{v:+.1f}" for v in signed), flush=True)
+              + " ".join(f"{v:+.1f}" for v in signed[:4]) + f" | wrong edit {signed[4]:+.1f}",
+              flush=True)
 
 
 @torch.no_grad()

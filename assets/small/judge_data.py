@@ -184,19 +184,28 @@ def soft_yes(alpha, slope=8.0, mid=0.5):
     return 1 / (1 + math.exp(-slope * (alpha - mid)))
 
 
-def partial_sample(rng, mid=0.5):
+def partial_sample(rng, mid=0.5, wrong=0.0):
     """A partial edit asked one of vlm_loss's questions: images (reference, target), to be blended
     by blend() into (1 - alpha) reference + alpha target. The edit question's answer is soft,
     soft_yes(alpha, mid=mid) (a removal's "does the image have": 1 - soft_yes); the identity
-    question's is yes at every alpha (only the edited element moves).
+    question's is yes at every alpha (only the edited element moves). With probability `wrong`
+    the blend goes towards a wrong edit instead (same type, other cell or value: another colour)
+    and the edit question gets the copy's answer at every alpha, so that the judge's answer rises
+    only towards the edit asked for (docs/log.md, "A judge that tells the colour asked for").
     -> (images, question, answer, info)."""
     edit = tt.random_edit(rng, "pretrain")
     alpha, slot = rng.random(), 0 if rng.random() < 0.75 else 1
+    target = edit.target
+    if rng.random() < wrong:
+        slot = 0
+        while target == edit.target:
+            target = _random_edit_of(rng, edit.reference, edit.type).target
     q, n_img, want = V.edit_questions(edit.instruction, edit.type, edit.object)[slot]
-    p = 1.0 if slot == 1 else (soft_yes(alpha, mid=mid) if want else 1 - soft_yes(alpha, mid=mid))
+    a = alpha if target == edit.target else 0.0
+    p = 1.0 if slot == 1 else (soft_yes(a, mid=mid) if want else 1 - soft_yes(a, mid=mid))
     info = {"type": "same_except" if slot else "edit_done", "kind": "partial", "alpha": alpha,
             "p_yes": p, "reference": edit.reference}
-    return [edit.reference, edit.target][2 - n_img:], q, "yes" if p > 0.5 else "no", info
+    return [edit.reference, target][2 - n_img:], q, "yes" if p > 0.5 else "no", info
 
 
 def blend(batch, perturbed):

@@ -5,8 +5,8 @@
 
 Shipped prior: the default command's, then `prior --init assets/small/prior --seed 1
 --structured_steps 0 --steps 2000 --lr 3e-4 --warmup 50`; judge: a chain of fine-tunes with
-adversarial training (--adv_n), noise (--noise), partial edits (--partial_n, --soft_mid).
-docs/log.md ("The prior on captions", "The judge on v2", "A judge with a slope at the copy").
+adversarial training (--adv_n), noise (--noise), partial edits (--partial_n, --soft_mid,
+--partial_wrong), docs/log.md ("The prior on captions", "The judge on v2", "A judge ...").
 
 NP-Edit needs a pretrained text-to-image flow model (generator init, real score, fake score init)
 and a pretrained VLM. Nothing can be downloaded in the small world, so the repo trains tiny ones
@@ -315,7 +315,7 @@ def pretrain_judge(a):
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
         batch += [J.adversarial_sample(rng) for _ in range(a.adv_n)]
-        batch += [J.partial_sample(rng, a.soft_mid) for _ in range(a.partial_n)]
+        batch += [J.partial_sample(rng, a.soft_mid, a.partial_wrong) for _ in range(a.partial_n)]
         perturbed = J.adversarial(judge, batch, a.adv_steps, a.adv_lr)
         J.blend(batch, perturbed)
         J.noisy(batch, perturbed, a.noise)
@@ -340,8 +340,7 @@ def pretrain_judge(a):
                           if rob else ""))
             atomic_save_dir(out, lambda d: (vlm.save_pretrained(d), tokenizer.save_pretrained(d)))
             os.makedirs(a.state_dir, exist_ok=True)
-            torch.save({"vlm": vlm.state_dict(), "heads": heads.state_dict(),
-                        "ground": ground.state_dict(),
+            torch.save({"vlm": vlm.state_dict(), "heads": heads.state_dict(), "ground": ground.state_dict(),
                         "opt": opt.state_dict(), "step": step, "rng": rng}, state_path + ".tmp")
             os.replace(state_path + ".tmp", state_path)
     pbar.close()
@@ -381,6 +380,7 @@ if __name__ == "__main__":
                    help="judge: partial edits a batch, with soft answers (judge_data.partial_sample)")
     p.add_argument("--soft_mid", type=float, default=0.5,
                    help="judge: where a partial edit's soft answer crosses 1/2 (judge_data.soft_yes)")
+    p.add_argument("--partial_wrong", type=float, default=0.0, help="judge: partial edits' share")
     p.add_argument("--added_instead", type=float, help="judge: the 'added instead' candidates'"
                    " weight (judge_data.WEIGHTS)", default=dict(zip(J.CANDIDATES, J.WEIGHTS))["added_instead"])
     p.add_argument("--noise", type=float, default=0.0,
