@@ -38,6 +38,10 @@ import toyworld as tw  # noqa: E402
 import vlm_reward as V  # noqa: E402
 from checkpoint import load_editor  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "assets", "small"))
+import judge_data as J  # noqa: E402
+
 
 def edits_of(typ, n, seed=1):
     rng = random.Random(seed)
@@ -152,20 +156,11 @@ def judge_direction(judge, ref, tgt, edits):
 
 
 def wrong_edit(rng, edit):
-    """The same type of edit of the same reference, done wrong: another cell or value (None if
-    there is none: a lone object's removal)."""
+    """The same type of edit of the same reference, done wrong: another cell or value (judge_data's
+    "wrong edit"); None if there is none (a lone object's removal)."""
     for _ in range(100):
-        kw = {"bg": rng.choice([b for b in tw.BACKGROUNDS if b != edit.reference.bg])}
-        if edit.type != "background":
-            cells = [i for i in range(4) if (edit.reference.cells[i] is None) == (edit.type == "add")]
-            kw = {"cell": rng.choice(cells), "color": rng.choice(list(tw.COLORS)),
-                  "shape": rng.choice(tw.SHAPES)}
-            kw = {k: v for k, v in kw.items() if k == "cell" or edit.type in ("add", k)}
-        try:
-            wrong = tw.apply_edit(edit.reference, edit.type, **kw).target
-        except (ValueError, IndexError):
-            continue
-        if wrong not in (edit.target, edit.reference):
+        wrong = J._random_edit_of(rng, edit.reference, edit.type).target
+        if wrong != edit.target:
             return wrong
     return None
 
