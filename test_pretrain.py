@@ -83,6 +83,24 @@ def test_partial_edits_towards_a_wrong_edit_keep_the_copys_answer():
         assert a == ("yes" if removal else "no")
 
 
+def test_wrong_target_is_the_same_type_done_elsewhere_or_otherwise():
+    """judge_data.wrong_target: the same type of edit on the same reference, read by the oracle
+    as neither the target nor the reference; None for a lone object's removal."""
+    rng = random.Random(0)
+    for typ in tw.EDIT_TYPES:
+        for _ in range(20):
+            e = tt.random_edit(rng, "pretrain", typ)
+            wrong = J.wrong_target(rng, e)
+            assert wrong not in (e.target, e.reference, None)
+            changed = [i for i in range(4) if wrong.cells[i] != e.reference.cells[i]]
+            assert (wrong.bg != e.reference.bg) == (typ == "background")
+            assert len(changed) == (0 if typ == "background" else 1)
+            if typ == "color":  # another colour, same shape
+                assert wrong.cells[changed[0]][1] == e.reference.cells[changed[0]][1]
+    lone = tw.apply_edit(tw.Scene("white", (("red", "circle"), None, None, None)), "remove", cell=0)
+    assert J.wrong_target(rng, lone) is None
+
+
 def test_the_attack_flips_an_untrained_judge_and_robustness_reports_it():
     """judge_data.attack pushes the answer where it is told; robustness() counts the flips."""
     torch.manual_seed(0)

@@ -155,16 +155,6 @@ def judge_direction(judge, ref, tgt, edits):
     return out
 
 
-def wrong_edit(rng, edit):
-    """The same type of edit of the same reference, done wrong: another cell or value (judge_data's
-    "wrong edit"); None if there is none (a lone object's removal)."""
-    for _ in range(100):
-        wrong = J._random_edit_of(rng, edit.reference, edit.type).target
-        if wrong != edit.target:
-            return wrong
-    return None
-
-
 def judge_slope(path, n=16):
     """Per edit type, on n training-split edits: judge_direction, and the judge's signed answer
     (+: the answer a done edit gets) to the edit question along the pixel blend from the
@@ -178,7 +168,7 @@ def judge_slope(path, n=16):
         ref = tw.to_tensor([tw.render(e.reference) for e in edits])
         tgt = tw.to_tensor([tw.render(e.target) for e in edits])
         (m0, c0), (m1, c1) = judge_direction(judge, ref, tgt, edits)
-        signed, wrong = [], [wrong_edit(rng, e) for e in edits]
+        signed, wrong = [], [J.wrong_target(rng, e) for e in edits]
         keep = [i for i, w in enumerate(wrong) if w is not None]
         blends = [(ref, torch.lerp(ref, tgt, a), edits) for a in (0, 0.25, 0.5, 1)]
         for r, x, es in blends + [(ref[keep], tw.to_tensor([tw.render(wrong[i]) for i in keep]),

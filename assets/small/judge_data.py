@@ -100,8 +100,7 @@ def pair_question(rng, grammar="pretrain"):
     if kind in ("unchanged", "adversarial"):
         cand = edit.reference
     elif kind == "wrong_edit":  # the same type of edit, other cell or other value
-        while cand == edit.target:
-            cand = _random_edit_of(rng, edit.reference, edit.type).target
+        cand = wrong_target(rng, edit) or edit.target
     elif kind == "added_instead":  # the new colour / shape drawn as a new object elsewhere
         obj = edit.target.cells[next(e for e in edit.touched if e != "bg")]
         cand = tw.apply_edit(edit.reference, "add", cell=rng.choice(empty), color=obj[0],
@@ -129,6 +128,16 @@ def pair_question(rng, grammar="pretrain"):
         qtype, label = "edit_done", all(cand_el[e] == tgt_el[e] for e in edit.touched)
     images = [edit.reference, cand][2 - n_img:]
     return qtype, q, images, label, kind, edit.touched
+
+
+def wrong_target(rng, edit, tries=100):
+    """The target of the same type of edit of the same reference, done wrong (another cell or
+    value), or None if there is none (a lone object's removal)."""
+    for _ in range(tries):
+        target = _random_edit_of(rng, edit.reference, edit.type).target
+        if target != edit.target:
+            return target
+    return None
 
 
 def _random_edit_of(rng, scene, type):
@@ -197,9 +206,7 @@ def partial_sample(rng, mid=0.5, wrong=0.0):
     alpha, slot = rng.random(), 0 if rng.random() < 0.75 else 1
     target = edit.target
     if rng.random() < wrong:
-        slot = 0
-        while target == edit.target:
-            target = _random_edit_of(rng, edit.reference, edit.type).target
+        slot, target = 0, wrong_target(rng, edit) or edit.target
     q, n_img, want = V.edit_questions(edit.instruction, edit.type, edit.object)[slot]
     a = alpha if target == edit.target else 0.0
     p = 1.0 if slot == 1 else (soft_yes(a, mid=mid) if want else 1 - soft_yes(a, mid=mid))

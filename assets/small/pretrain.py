@@ -380,7 +380,7 @@ if __name__ == "__main__":
                    help="judge: partial edits a batch, with soft answers (judge_data.partial_sample)")
     p.add_argument("--soft_mid", type=float, default=0.5,
                    help="judge: where a partial edit's soft answer crosses 1/2 (judge_data.soft_yes)")
-    p.add_argument("--partial_wrong", type=float, default=0.0, help="judge: partial edits' share")
+    p.add_argument("--partial_wrong", type=float, default=0.0, help="judge: share of partial edits aimed at a wrong edit")
     p.add_argument("--added_instead", type=float, help="judge: the 'added instead' candidates'"
                    " weight (judge_data.WEIGHTS)", default=dict(zip(J.CANDIDATES, J.WEIGHTS))["added_instead"])
     p.add_argument("--noise", type=float, default=0.0,
