@@ -100,8 +100,8 @@ _REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, warmup_s
              grid_every=500, ckpt_every=500)
 PRESETS = {
     # the shipped prior and judge, 2 CPU cores; seeds 0 / 1 / 2 (1 thread, beside other runs):
-    # success 0.644 / 0.636 / 0.730, preservation 0.962-0.974, realism 0.926-0.982, removals
-    # 0.24 / 0.00 / 0.72 (docs/log.md, "A judge that tells the colour asked for")
+    # success 0.746 / 0.634 / 0.766, preservation 0.931-0.961, realism 0.954-0.976, removals
+    # 0.68 / 0.18 / 0.78 (docs/log.md, "Why removals were a coin toss")
     "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,

@@ -15,6 +15,7 @@ import vlm_reward as V
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "assets", "small"))
 import judge_data as J  # noqa: E402
+import judge_robust as R  # noqa: E402
 
 
 def test_question_labels_follow_the_scene():
@@ -27,6 +28,20 @@ def test_question_labels_follow_the_scene():
             assert label == (t == "same_except" or len(images) == 1)  # a removal: still there
         if kind == "extra_change" and t == "same_except" or kind == "added_instead":
             assert not label
+    weights, J.WEIGHTS = J.WEIGHTS, J.WEIGHTS[:-1] + (1.0,)  # "replaced" candidates: a removal
+    try:  # done as a recolour or reshape in place, which "apart from <object>" does not excuse
+        seen = 0
+        for _ in range(300):
+            t, q, images, label, kind, touched = J.pair_question(rng)
+            if kind == "replaced":
+                seen += 1
+                if t == "same_except":
+                    assert images[-1].cells[touched[0]] not in (None, images[0].cells[touched[0]])
+                assert label == (t == "edit_done" and tt.matches(q.split("have ")[1][:-len(
+                    " ? answer yes or no .")], images[-1]))
+        assert seen > 20
+    finally:
+        J.WEIGHTS = weights
     s = tw.Scene("white", (("red", "circle"), None, None, None))
     for _ in range(200):
         t, q, label = J.single_question(rng, s)
@@ -73,14 +88,27 @@ def test_partial_edits_get_a_soft_answer_that_the_judge_loss_uses():
 
 def test_partial_edits_towards_a_wrong_edit_keep_the_copys_answer():
     """partial_sample(wrong=1): the blend goes towards another edit of the same type, asked the
-    edit question; its answer is the copy's ("no"; a removal's "does it have": "yes") at any alpha."""
+    edit question; its answer is the copy's ("no"; a removal's "does it have": "yes") at any
+    alpha. Half the removals instead blend towards the object changed in place, asked the
+    identity question, whose answer falls with alpha."""
     rng = random.Random(1)
-    for _ in range(30):
+    kinds = set()
+    for _ in range(60):
         imgs, q, a, info = J.partial_sample(rng, mid=0.8, wrong=1.0)
+        assert imgs[-1] != info["reference"]
+        if info["type"] == "same_except":  # a removal's object replaced in place
+            ref, new = info["reference"], imgs[-1]
+            cell = next(i for i in range(4) if new.cells[i] != ref.cells[i])
+            assert new.cells[cell] is not None and ref.cells[cell] is not None
+            assert info["p_yes"] == 1 - J.soft_yes(info["alpha"])
+            kinds.add("replaced")
+            continue
         removal = len(imgs) == 1
-        assert info["type"] == "edit_done" and imgs[-1] != info["reference"]
+        kinds.add("removal" if removal else "other")
+        assert info["type"] == "edit_done"
         assert info["p_yes"] == (1 - J.soft_yes(0, mid=0.8) if removal else J.soft_yes(0, mid=0.8))
         assert a == ("yes" if removal else "no")
+    assert kinds == {"replaced", "removal", "other"}
 
 
 def test_wrong_target_is_the_same_type_done_elsewhere_or_otherwise():
@@ -102,12 +130,12 @@ def test_wrong_target_is_the_same_type_done_elsewhere_or_otherwise():
 
 
 def test_the_attack_flips_an_untrained_judge_and_robustness_reports_it():
-    """judge_data.attack pushes the answer where it is told; robustness() counts the flips."""
+    """judge_robust.attack pushes the answer where it is told; robustness() counts the flips."""
     torch.manual_seed(0)
     tok = J.judge_tokenizer()
     judge = V.Judge(V.Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(tok, 32, 32, 1))
                     .eval(), tok)
-    rob = J.robustness(judge, n=10, steps=(20,), lr=0.05)
+    rob = R.robustness(judge, n=10, steps=(20,), lr=0.05)
     flips, dx, fooled = rob[20]
     assert flips >= 0.8 and dx > 0 and 0 <= fooled <= flips, rob
 

@@ -1,6 +1,6 @@
 """The small world's questions for the VLM judge: yes/no questions with hard negatives, open
-questions, captions and "what changed?", the judge's tokenizer, its accuracy, and its
-robustness to pixel attacks (attack, robustness; adversarial training: adversarial, noisy).
+questions, captions and "what changed?", the judge's tokenizer and its accuracy (attacks on it
+and adversarial training: judge_robust.py).
 
 Used to pretrain the judge (pretrain.py judge) and to test it (test_assets.py). Every label is
 computed from the scenes themselves, never by construction. Single-image types: presence,
@@ -9,8 +9,10 @@ position, color, shape, background. Two-image types ask exactly what vlm_reward.
 the target's (a removal: "does the image have <object>?" of the candidate alone); "same_except"
 iff every other element equals the reference's. Candidates: the target, the unchanged
 reference, a wrong edit (same type, other cell or value), the edit plus an extra change, a
-colour or shape "edit" done by adding a new object instead ("added_instead"), a different scene,
-and the unchanged reference attacked while training ("adversarial"). Partial edits (pixel blends
+colour or shape "edit" done by adding a new object instead ("added_instead"), a removal done by
+changing the object in place instead ("replaced"), a different scene, and the unchanged
+reference attacked while training ("adversarial"). A removal's identity question ("apart from
+<object>") excuses the object's absence, not another object in its place. Partial edits (pixel blends
 of reference and target, partial_sample) get a soft answer that grows with the blend, so the
 judge's answer has a slope from the copy towards the edit (docs/log.md, "A judge with a slope
 at the copy").
@@ -31,8 +33,8 @@ SINGLE_Q = {"presence": ["is there a {obj} in the image ?", "does the image have
             "shape": ["is the object at {cell} a {shape} ?"],
             "background": ["is the background {bg} ?"]}
 CANDIDATES = ("target", "unchanged", "wrong_edit", "extra_change", "different_scene",
-              "adversarial", "added_instead")
-WEIGHTS = (0.35, 0.15, 0.15, 0.15, 0.05, 0.05, 0.1)
+              "adversarial", "added_instead", "replaced")
+WEIGHTS = (0.35, 0.15, 0.15, 0.15, 0.05, 0.05, 0.1, 0.0)  # "replaced": pretrain.py --replaced
 YN = " answer yes or no ."
 
 
@@ -96,6 +98,8 @@ def pair_question(rng, grammar="pretrain"):
     empty = [i for i in range(4) if edit.reference.cells[i] is None]
     if kind == "added_instead" and (edit.type not in ("color", "shape") or not empty):
         kind = "extra_change"
+    if kind == "replaced" and edit.type != "remove":
+        kind = "wrong_edit"
     cand = edit.target
     if kind in ("unchanged", "adversarial"):
         cand = edit.reference
@@ -105,6 +109,8 @@ def pair_question(rng, grammar="pretrain"):
         obj = edit.target.cells[next(e for e in edit.touched if e != "bg")]
         cand = tw.apply_edit(edit.reference, "add", cell=rng.choice(empty), color=obj[0],
                              shape=obj[1]).target
+    elif kind == "replaced":
+        cand = replaced(rng, edit)
     elif kind == "extra_change":  # the edit, plus a change of an element it does not touch
         n_obj = len(edit.target.objects())
         types = ("color", "shape", "background") + (("add",) if n_obj < 4 else ()) + \
@@ -122,6 +128,8 @@ def pair_question(rng, grammar="pretrain"):
     if slot == 1:
         qtype, label = "same_except", all(cand_el[e] == ref_el[e] for e in ref_el
                                           if e not in edit.touched)
+        if edit.type == "remove":  # its cell: the object, or nothing; not another object
+            label = label and all(cand_el[e] in (ref_el[e], None) for e in edit.touched)
     elif edit.type == "remove":
         qtype, label = "edit_done", tt.matches(edit.object, cand)  # "yes, it is still there"
     else:
@@ -138,6 +146,18 @@ def wrong_target(rng, edit, tries=100):
         if target != edit.target:
             return target
     return None
+
+
+def replaced(rng, edit):
+    """A removal done as a recolour or reshape of its object, in place (the editor's removal
+    failure: the named object is gone, another stands where it was)."""
+    cell = next(e for e in edit.touched if e != "bg")
+    color, shape = edit.reference.cells[cell]
+    if rng.random() < 0.5:
+        return tw.apply_edit(edit.reference, "color", cell=cell,
+                             color=rng.choice([c for c in tw.COLORS if c != color])).target
+    return tw.apply_edit(edit.reference, "shape", cell=cell,
+                         shape=rng.choice([s for s in tw.SHAPES if s != shape])).target
 
 
 def _random_edit_of(rng, scene, type):
@@ -174,17 +194,6 @@ def balanced(rng, fn, *args):
             return out
 
 
-def adversarial_sample(rng):
-    """An unchanged reference asked the edit question (an edit's expected answer would be wrong),
-    to be attacked by attack() while training: (images, question, answer, info)."""
-    edit = tt.random_edit(rng, "pretrain")
-    q, n_img, _ = V.edit_questions(edit.instruction, edit.type, edit.object)[0]
-    yes = n_img == 1  # a removal's "does the image have <object>?": yes, still there
-    return [edit.reference] * n_img, q, "yes" if yes else "no", \
-        {"type": "edit_done", "kind": "adversarial",
-         "ground": grounding([edit.reference] * n_img, next((e for e in edit.touched if e != "bg"), None))}
-
-
 def soft_yes(alpha, slope=8.0, mid=0.5):
     """The answer a partial edit gets: P(yes, the edit was done) = sigmoid(slope (alpha - mid)),
     alpha the share of the way from reference to target (0: a copy, 1: the edit): the logit
@@ -200,16 +209,22 @@ def partial_sample(rng, mid=0.5, wrong=0.0):
     question's is yes at every alpha (only the edited element moves). With probability `wrong`
     the blend goes towards a wrong edit instead (same type, other cell or value: another colour)
     and the edit question gets the copy's answer at every alpha, so that the judge's answer rises
-    only towards the edit asked for (docs/log.md, "A judge that tells the colour asked for").
-    -> (images, question, answer, info)."""
+    only towards the edit asked for (docs/log.md, "A judge that tells the colour asked for"); for
+    a removal, half of those blend towards its object changed in place (replaced()), asked the
+    identity question, whose answer falls as 1 - soft_yes(alpha). -> (images, question, answer,
+    info)."""
     edit = tt.random_edit(rng, "pretrain")
     alpha, slot = rng.random(), 0 if rng.random() < 0.75 else 1
-    target = edit.target
+    target, p = edit.target, None
     if rng.random() < wrong:
-        slot, target = 0, wrong_target(rng, edit) or edit.target
+        if edit.type == "remove" and rng.random() < 0.5:
+            slot, target, p = 1, replaced(rng, edit), 1 - soft_yes(alpha)
+        else:
+            slot, target = 0, wrong_target(rng, edit) or edit.target
     q, n_img, want = V.edit_questions(edit.instruction, edit.type, edit.object)[slot]
     a = alpha if target == edit.target else 0.0
-    p = 1.0 if slot == 1 else (soft_yes(a, mid=mid) if want else 1 - soft_yes(a, mid=mid))
+    if p is None:
+        p = 1.0 if slot == 1 else (soft_yes(a, mid=mid) if want else 1 - soft_yes(a, mid=mid))
     info = {"type": "same_except" if slot else "edit_done", "kind": "partial", "alpha": alpha,
             "p_yes": p, "reference": edit.reference}
     return [edit.reference, target][2 - n_img:], q, "yes" if p > 0.5 else "no", info
@@ -315,80 +330,3 @@ def judge_accuracy(judge, samples, batch=128):
                     if key:
                         hits[key].append(ok)
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
-
-
-# ----------------------------------------------------------------------------- robustness
-
-def attack(judge, images, questions, want_yes, steps=50, lr=0.01, keep=None):
-    """The judge-fooling probe: Adam on the pixels of the LAST image of each question, pushing
-    the answer to want_yes (e.g. "yes, the edit was done" for an unchanged reference). images:
-    list of (B, 3, 32, 32) tensors in [-1, 1], one per image slot; keep: the earlier slots' fixed
-    features. -> (perturbed last images (B, 3, 32, 32), l_yes - l_no after the attack)."""
-    x = images[-1].clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
-    sign = torch.tensor([1.0 if w else -1.0 for w in want_yes])
-    with torch.no_grad():
-        fixed = [judge.image_features(im) for im in images[:-1]]
-    for _ in range(steps):
-        d, _ = judge.answer_logits(questions, fixed + [judge.image_features(x)])
-        opt.zero_grad()
-        (-sign * d).sum().backward()
-        opt.step()
-        with torch.no_grad():
-            x.clamp_(-1, 1)
-    with torch.no_grad():
-        d, _ = judge.answer_logits(questions, fixed + [judge.image_features(x)])
-    return x.detach(), d
-
-
-def robustness(judge, n=200, steps=(50, 100), lr=0.01, seed=5):
-    """Attack the edit question of n unchanged references (every edit type in turn, removal's
-    "does the image have" included), pushing towards the answer a done edit would get. -> {steps:
-    (flip rate: the share answering so after the attack; mean |dx| in 0-255 levels; fooled: the
-    share flipped while the oracle still reads the image as the unchanged reference)}."""
-    rng = random.Random(seed)
-    edits = [tt.random_edit(rng, "pretrain", tw.EDIT_TYPES[k % 5]) for k in range(n)]
-    ref = tw.to_tensor([tw.render(e.reference) for e in edits])
-    qs = [V.edit_questions(e.instruction, e.type, e.object)[0] for e in edits]
-    out = {}
-    for k in steps:
-        flips, dx, fooled = 0, 0.0, 0
-        for n_img in (1, 2):
-            idx = [b for b, q in enumerate(qs) if q[1] == n_img]
-            imgs = [ref[idx]] * n_img
-            want = [qs[b][2] for b in idx]  # the answer of a done edit: yes, or "no, gone"
-            x, d = attack(judge, imgs, [qs[b][0] for b in idx], want, steps=k, lr=lr)
-            flip = [(di > 0) == w for di, w in zip(d.tolist(), want)]
-            same = [tw.parse(im) == edits[b].reference for b, im in zip(idx, tw.to_uint8(x))]
-            flips += sum(flip)
-            fooled += sum(f and s for f, s in zip(flip, same))
-            dx += float((x - ref[idx]).abs().mean((1, 2, 3)).sum()) * 127.5
-        out[k] = (flips / n, dx / n, fooled / n)
-    return out
-
-
-def adversarial(judge, batch, steps, lr):
-    """Adversarial training (its hard negatives): the unchanged candidates of kind
-    'adversarial' attacked (judge_data.attack) towards the answer an edit would get; their
-    labels stay the truth. -> {sample index: perturbed last image}."""
-    idx = [b for b, s in enumerate(batch) if s[3].get("kind") == "adversarial"]
-    out = {}
-    for n_img in (1, 2):
-        group = [b for b in idx if len(batch[b][0]) == n_img]
-        if not group or not steps:
-            continue
-        judge.vlm.eval()
-        images = [tw.to_tensor([tw.render(batch[b][0][j]) for b in group]) for j in range(n_img)]
-        want = [batch[b][2] == "no" for b in group]  # push towards the wrong answer
-        x, _ = attack(judge, images, [batch[b][1] for b in group], want, steps, lr)
-        out.update(dict(zip(group, x)))
-    return out
-
-
-def noisy(batch, perturbed, p):
-    """Noise augmentation: with probability p a sample's last image gets Gaussian noise of a
-    random std in [0, 0.15], so that noise itself (which an editor's outputs carry) is no cue."""
-    for b, (imgs, *_) in enumerate(batch):
-        if p and float(torch.rand(())) < p:  # torch's seeded stream: reproducible
-            x = perturbed.get(b, tw.to_tensor([tw.render(imgs[-1])])[0])
-            perturbed[b] = (x + 0.15 * float(torch.rand(())) * torch.randn_like(x)).clamp(-1, 1)

@@ -6,7 +6,8 @@
 Shipped prior: the default command's, then `prior --init assets/small/prior --seed 1
 --structured_steps 0 --steps 2000 --lr 3e-4 --warmup 50`; judge: a chain of fine-tunes with
 adversarial training (--adv_n), noise (--noise), partial edits (--partial_n, --soft_mid,
---partial_wrong), docs/log.md ("The prior on captions", "The judge on v2", "A judge ...").
+--partial_wrong) and candidate weights (--added_instead, --replaced); docs/log.md ("The prior
+on captions", "The judge on v2", "A judge ...").
 
 NP-Edit needs a pretrained text-to-image flow model (generator init, real score, fake score init)
 and a pretrained VLM. Nothing can be downloaded in the small world, so the repo trains tiny ones
@@ -28,6 +29,7 @@ from tqdm import tqdm
 ASSETS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(ASSETS)))  # the repo's top level
 import judge_data as J  # noqa: E402
+import judge_robust as R  # noqa: E402
 import model as M  # noqa: E402
 import toytext as tt  # noqa: E402
 import toyworld as tw  # noqa: E402
@@ -209,8 +211,7 @@ class GroundHeads(torch.nn.Module):
 class CellHeads(torch.nn.Module):
     """Auxiliary heads on the judge's merged visual tokens (one per cell): each token predicts
     its cell's content (empty or colour x shape) and which cell it is, the mean token the
-    background. Used only in
-    pretraining, so the vision tower learns objects fast (docs/log.md)."""
+    background. Used only in pretraining, so the vision tower learns objects fast (docs/log.md)."""
 
     def __init__(self, width):
         super().__init__()
@@ -270,7 +271,8 @@ def pretrain_judge(a):
     from transformers import Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
-    J.WEIGHTS = tuple(dict(zip(J.CANDIDATES, J.WEIGHTS), added_instead=a.added_instead).values())
+    J.WEIGHTS = tuple(dict(zip(J.CANDIDATES, J.WEIGHTS), added_instead=a.added_instead,
+                           replaced=a.replaced).values())
     out = a.out or os.path.join(ASSETS, "judge")
     state_path = os.path.join(a.state_dir, "judge_state.pt")
     tokenizer = J.judge_tokenizer()
@@ -314,11 +316,11 @@ def pretrain_judge(a):
             s = J.judge_sample(rng, rng.choices(tasks, weights)[0], tuple(a.kinds), cells)
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
-        batch += [J.adversarial_sample(rng) for _ in range(a.adv_n)]
+        batch += [R.adversarial_sample(rng) for _ in range(a.adv_n)]
         batch += [J.partial_sample(rng, a.soft_mid, a.partial_wrong) for _ in range(a.partial_n)]
-        perturbed = J.adversarial(judge, batch, a.adv_steps, a.adv_lr)
+        perturbed = R.adversarial(judge, batch, a.adv_steps, a.adv_lr)
         J.blend(batch, perturbed)
-        J.noisy(batch, perturbed, a.noise)
+        R.noisy(batch, perturbed, a.noise)
         vlm.train()
         lm, aux = judge_batch_loss(judge, heads, batch, ground, perturbed)
         for g in opt.param_groups:
@@ -333,7 +335,7 @@ def pretrain_judge(a):
         if step % a.eval_every == 0 or step == a.steps:
             vlm.eval()
             acc = J.judge_accuracy(judge, evalset)
-            rob = J.robustness(judge, n=a.probe_n, steps=(50,))[50] if a.probe_n else None
+            rob = R.robustness(judge, n=a.probe_n, steps=(50,))[50] if a.probe_n else None
             tqdm.write(f"step {step} | {(time.time() - t0) / 60:.1f} min | lm {lm.item():.3f} "
                        f"aux {aux.item():.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in acc.items())
                        + (f" | attack 50 steps: flipped {rob[0]:.3f} (fooled {rob[2]:.3f}), mean |dx| {rob[1]:.1f}/255"
@@ -374,22 +376,20 @@ if __name__ == "__main__":
     p.add_argument("--adv_steps", type=int, default=0,
                    help="judge: attack steps for the adversarial candidates (0: left unperturbed)")
     p.add_argument("--adv_lr", type=float, default=0.02, help="judge: the attack's lr")
-    p.add_argument("--adv_n", type=int, default=0,
-                   help="judge: attacked unchanged references added to every batch")
+    p.add_argument("--adv_n", type=int, default=0, help="judge: attacked references a batch")
     p.add_argument("--partial_n", type=int, default=0,
                    help="judge: partial edits a batch, with soft answers (judge_data.partial_sample)")
     p.add_argument("--soft_mid", type=float, default=0.5,
                    help="judge: where a partial edit's soft answer crosses 1/2 (judge_data.soft_yes)")
     p.add_argument("--partial_wrong", type=float, default=0.0, help="judge: share of partial edits aimed at a wrong edit")
-    p.add_argument("--added_instead", type=float, help="judge: the 'added instead' candidates'"
-                   " weight (judge_data.WEIGHTS)", default=dict(zip(J.CANDIDATES, J.WEIGHTS))["added_instead"])
-    p.add_argument("--noise", type=float, default=0.0,
-                   help="judge: share of images given Gaussian noise (augmentation)")
+    for kind in ("added_instead", "replaced"):  # candidate weights (judge_data.WEIGHTS)
+        p.add_argument(f"--{kind}", type=float, default=dict(zip(J.CANDIDATES, J.WEIGHTS))[kind],
+                       help=f"judge: the '{kind}' candidates' weight (judge_data.WEIGHTS)")
+    p.add_argument("--noise", type=float, default=0.0, help="judge: share of images noised")
     p.add_argument("--probe_n", type=int, default=0,
                    help="judge: unchanged references attacked at each eval (robustness)")
     p.add_argument("--init", default="", help="start from this prior or judge folder (fine-tune)")
-    p.add_argument("--captions", type=float, default=0.75,
-                   help="prior, phase 2: share of captioners' captions, the rest structured prompts")
+    p.add_argument("--captions", type=float, default=0.75, help="prior, phase 2: captions' share")
     p.add_argument("--structured_steps", type=int, default=1500,
                    help="prior: phase 1, structured prompts only (0: no phase 1)")
     p.add_argument("--caption_lr", type=float, default=1e-3, help="prior: phase 2's peak lr")

@@ -1,0 +1,101 @@
+"""Attacks on the small world's judge, and the adversarial training and noise augmentation
+that resist them (docs/log.md, "The judge on v2": robustness).
+
+attack: Adam on an image's pixels towards a chosen answer; robustness: the probe that flips the
+edit question of unchanged references; adversarial_sample, adversarial: unchanged references
+attacked during pretraining and trained on the true answer; noisy: Gaussian-noise augmentation.
+"""
+import random
+
+import torch
+
+import toytext as tt
+import toyworld as tw
+import vlm_reward as V
+from judge_data import grounding
+
+
+def adversarial_sample(rng):
+    """An unchanged reference asked the edit question (an edit's expected answer would be wrong),
+    to be attacked by attack() while training: (images, question, answer, info)."""
+    edit = tt.random_edit(rng, "pretrain")
+    q, n_img, _ = V.edit_questions(edit.instruction, edit.type, edit.object)[0]
+    yes = n_img == 1  # a removal's "does the image have <object>?": yes, still there
+    return [edit.reference] * n_img, q, "yes" if yes else "no", \
+        {"type": "edit_done", "kind": "adversarial",
+         "ground": grounding([edit.reference] * n_img, next((e for e in edit.touched if e != "bg"), None))}
+
+
+def attack(judge, images, questions, want_yes, steps=50, lr=0.01, keep=None):
+    """The judge-fooling probe: Adam on the pixels of the LAST image of each question, pushing
+    the answer to want_yes (e.g. "yes, the edit was done" for an unchanged reference). images:
+    list of (B, 3, 32, 32) tensors in [-1, 1], one per image slot; keep: the earlier slots' fixed
+    features. -> (perturbed last images (B, 3, 32, 32), l_yes - l_no after the attack)."""
+    x = images[-1].clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    sign = torch.tensor([1.0 if w else -1.0 for w in want_yes])
+    with torch.no_grad():
+        fixed = [judge.image_features(im) for im in images[:-1]]
+    for _ in range(steps):
+        d, _ = judge.answer_logits(questions, fixed + [judge.image_features(x)])
+        opt.zero_grad()
+        (-sign * d).sum().backward()
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(-1, 1)
+    with torch.no_grad():
+        d, _ = judge.answer_logits(questions, fixed + [judge.image_features(x)])
+    return x.detach(), d
+
+
+def robustness(judge, n=200, steps=(50, 100), lr=0.01, seed=5):
+    """Attack the edit question of n unchanged references (every edit type in turn, removal's
+    "does the image have" included), pushing towards the answer a done edit would get. -> {steps:
+    (flip rate: the share answering so after the attack; mean |dx| in 0-255 levels; fooled: the
+    share flipped while the oracle still reads the image as the unchanged reference)}."""
+    rng = random.Random(seed)
+    edits = [tt.random_edit(rng, "pretrain", tw.EDIT_TYPES[k % 5]) for k in range(n)]
+    ref = tw.to_tensor([tw.render(e.reference) for e in edits])
+    qs = [V.edit_questions(e.instruction, e.type, e.object)[0] for e in edits]
+    out = {}
+    for k in steps:
+        flips, dx, fooled = 0, 0.0, 0
+        for n_img in (1, 2):
+            idx = [b for b, q in enumerate(qs) if q[1] == n_img]
+            imgs = [ref[idx]] * n_img
+            want = [qs[b][2] for b in idx]  # the answer of a done edit: yes, or "no, gone"
+            x, d = attack(judge, imgs, [qs[b][0] for b in idx], want, steps=k, lr=lr)
+            flip = [(di > 0) == w for di, w in zip(d.tolist(), want)]
+            same = [tw.parse(im) == edits[b].reference for b, im in zip(idx, tw.to_uint8(x))]
+            flips += sum(flip)
+            fooled += sum(f and s for f, s in zip(flip, same))
+            dx += float((x - ref[idx]).abs().mean((1, 2, 3)).sum()) * 127.5
+        out[k] = (flips / n, dx / n, fooled / n)
+    return out
+
+
+def adversarial(judge, batch, steps, lr):
+    """Adversarial training (its hard negatives): the unchanged candidates of kind
+    'adversarial' attacked (attack) towards the answer an edit would get; their
+    labels stay the truth. -> {sample index: perturbed last image}."""
+    idx = [b for b, s in enumerate(batch) if s[3].get("kind") == "adversarial"]
+    out = {}
+    for n_img in (1, 2):
+        group = [b for b in idx if len(batch[b][0]) == n_img]
+        if not group or not steps:
+            continue
+        judge.vlm.eval()
+        images = [tw.to_tensor([tw.render(batch[b][0][j]) for b in group]) for j in range(n_img)]
+        want = [batch[b][2] == "no" for b in group]  # push towards the wrong answer
+        x, _ = attack(judge, images, [batch[b][1] for b in group], want, steps, lr)
+        out.update(dict(zip(group, x)))
+    return out
+
+
+def noisy(batch, perturbed, p):
+    """Noise augmentation: with probability p a sample's last image gets Gaussian noise of a
+    random std in [0, 0.15], so that noise itself (which an editor's outputs carry) is no cue."""
+    for b, (imgs, *_) in enumerate(batch):
+        if p and float(torch.rand(())) < p:  # torch's seeded stream: reproducible
+            x = perturbed.get(b, tw.to_tensor([tw.render(imgs[-1])])[0])
+            perturbed[b] = (x + 0.15 * float(torch.rand(())) * torch.randn_like(x)).clamp(-1, 1)
