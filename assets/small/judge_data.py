@@ -12,10 +12,10 @@ reference, a wrong edit (same type, other cell or value), the edit plus an extra
 colour or shape "edit" done by adding a new object instead ("added_instead"), a removal done by
 changing the object in place instead ("replaced"), a different scene, and the unchanged
 reference attacked while training ("adversarial"). A removal's identity question ("apart from
-<object>") excuses the object's absence, not another object in its place. Partial edits (pixel blends
-of reference and target, partial_sample) get a soft answer that grows with the blend, so the
-judge's answer has a slope from the copy towards the edit (docs/log.md, "A judge with a slope
-at the copy").
+<object>") excuses the object's absence, not another object in its place. Partial edits (pixel
+blends of reference and target, partial_sample) get a soft answer that grows with the blend,
+so the judge's answer has a slope from the copy towards the edit (docs/log.md, "A judge with a
+slope at the copy").
 Instructions come from toytext's trained grammar; the eval set adds its held-out grammar.
 """
 import math
