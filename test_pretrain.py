@@ -28,7 +28,8 @@ def test_question_labels_follow_the_scene():
             assert label == (t == "same_except" or len(images) == 1)  # a removal: still there
         if kind == "extra_change" and t == "same_except" or kind == "added_instead":
             assert not label
-    weights, J.WEIGHTS = J.WEIGHTS, J.WEIGHTS[:-1] + (1.0,)  # "replaced" candidates: a removal
+    weights = J.WEIGHTS  # "replaced" candidates drawn often: a removal
+    J.WEIGHTS = tuple(dict(zip(J.CANDIDATES, weights), replaced=1.0).values())
     try:  # done as a recolour or reshape in place, which "apart from <object>" does not excuse
         seen = 0
         for _ in range(300):

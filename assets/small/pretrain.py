@@ -381,7 +381,7 @@ if __name__ == "__main__":
                    help="judge: partial edits a batch, with soft answers (judge_data.partial_sample)")
     p.add_argument("--soft_mid", type=float, default=0.5,
                    help="judge: where a partial edit's soft answer crosses 1/2 (judge_data.soft_yes)")
-    p.add_argument("--partial_wrong", type=float, default=0.0, help="judge: share of partial edits aimed at a wrong edit")
+    p.add_argument("--partial_wrong", type=float, default=0.0, help="judge: partial edits' wrong share")
     for kind in ("added_instead", "replaced"):  # candidate weights (judge_data.WEIGHTS)
         p.add_argument(f"--{kind}", type=float, default=dict(zip(J.CANDIDATES, J.WEIGHTS))[kind],
                        help=f"judge: the '{kind}' candidates' weight (judge_data.WEIGHTS)")
