@@ -137,8 +137,41 @@ def test_the_attack_flips_an_untrained_judge_and_robustness_reports_it():
     judge = V.Judge(V.Qwen2_5_VLForConditionalGeneration(V.tiny_judge_config(tok, 32, 32, 1))
                     .eval(), tok)
     rob = R.robustness(judge, n=10, steps=(20,), lr=0.05)
-    flips, dx, fooled = rob[20]
-    assert flips >= 0.8 and dx > 0 and 0 <= fooled <= flips, rob
+    flips, dx, fooled, unreal = rob[20]
+    assert flips >= 0.8 and dx > 0 and 0 <= fooled + unreal <= flips, rob
+
+
+def test_projected_adversarial_labels_follow_the_edit(monkeypatch):
+    """adversarial(project=mid): an attacked copy is answered as a partial edit at its progress
+    along the edit: an attack that lands on the target reads as the blend at alpha 1, one that
+    lands on the copy as alpha 0; a removal's "does the image have" gets the opposite answer."""
+    rng = random.Random(3)
+    batch = [R.adversarial_sample(rng) for _ in range(12)]
+    land = {}
+
+    def fake_attack(judge, images, questions, want, steps, lr):
+        x = images[-1].clone()
+        for j, b in enumerate(group_of[len(images)]):
+            x[j] = tw.to_tensor([tw.render(batch[b][3]["target"])])[0] if land[b] else x[j]
+        return x, None
+    group_of = {n: [b for b, s in enumerate(batch) if len(s[0]) == n] for n in (1, 2)}
+    for b in range(len(batch)):
+        land[b] = b % 2 == 0
+    monkeypatch.setattr(R, "attack", fake_attack)
+    R.adversarial(_NoJudge(), batch, steps=1, lr=0.1, project=0.8)
+    for b, (imgs, q, ans, info) in enumerate(batch):
+        done = J.soft_yes(1.0 if land[b] else 0.0, mid=0.8)
+        want = done if len(imgs) == 2 else 1 - done
+        assert abs(info["p_yes"] - want) < 1e-4 and abs(info["alpha"] - land[b]) < 1e-5
+        assert ans == ("yes" if want > 0.5 else "no")
+    assert {len(s[0]) for s in batch} == {1, 2}  # both question forms were drawn
+
+
+class _NoJudge:
+    class vlm:
+        @staticmethod
+        def eval():
+            pass
 
 
 def test_pretrain_prior_resumes(tmp_path):

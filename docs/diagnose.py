@@ -2,6 +2,7 @@
 
     python docs/diagnose.py out/small     # a run's out_dir (needs its ckpt, with the fake score)
     python docs/diagnose.py --judge assets/small/judge   # the judge alone (judge_slope)
+    python docs/diagnose.py --attack <judge> [<judge> ...]   # docs/judge_attack.png (attack_grid)
 
 Prints, per edit type, on 48 training-split edits each (seeded):
   dmd    cosine between the DMD descent direction x0_real - x0_fake (dmd.py, the run's own fake
@@ -183,6 +184,38 @@ def judge_slope(path, n=16):
               flush=True)
 
 
+def attack_grid(paths, out="docs/judge_attack.png", n=10):
+    """Unchanged references attacked towards "done" (judge_robust.attack, the robustness probe's
+    50 steps at lr 0.01), a row per judge, each column's signed answer after the attack (+:
+    "done") under its instruction: what fools the judge (docs/log.md, "Where the attack's flips
+    land")."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "assets", "small"))
+    import judge_robust as R
+    rng = random.Random(5)
+    edits = [tt.random_edit(rng, "pretrain", tw.EDIT_TYPES[k % 5]) for k in range(n)]
+    ref = tw.to_tensor([tw.render(e.reference) for e in edits])
+    qs = [V.edit_questions(e.instruction, e.type, e.object)[0] for e in edits]
+    rows, names, answers = [tw.to_uint8(ref)], ["input"], []
+    for path in paths:
+        judge, x, ans = V.small_judge(path), ref.clone(), [0.0] * n
+        for n_img in (1, 2):
+            idx = [b for b, q in enumerate(qs) if q[1] == n_img]
+            want = [qs[b][2] for b in idx]
+            x[idx], d = R.attack(judge, [ref[idx]] * n_img, [qs[b][0] for b in idx], want)
+            for b, di, w in zip(idx, d.tolist(), want):
+                ans[b] = di if w else -di
+        rows.append(tw.to_uint8(x))
+        names.append(f"attacked, {os.path.basename(os.path.normpath(path))}")
+        answers.append(ans)
+    rows.append([tw.render(e.target) for e in edits])
+    names.append("target")
+    caps = [e.instruction + " | " + " / ".join(f"{a[b]:+.1f}" for a in answers)
+            for b, e in enumerate(edits)]
+    tw.grid(rows, scale=4, captions=caps, names=names).save(out)
+    print(f"wrote {out}")
+
+
 @torch.no_grad()
 def main(run, n=48):
     torch.manual_seed(0)
@@ -232,6 +265,8 @@ def main(run, n=48):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--judge":
         judge_slope(sys.argv[2])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "--attack":
+        attack_grid(sys.argv[2:])
     elif len(sys.argv) == 2:
         main(sys.argv[1])
     else:

@@ -12,7 +12,7 @@ import torch
 import toytext as tt
 import toyworld as tw
 import vlm_reward as V
-from judge_data import grounding
+from judge_data import grounding, soft_yes
 
 
 def adversarial_sample(rng):
@@ -22,7 +22,7 @@ def adversarial_sample(rng):
     q, n_img, _ = V.edit_questions(edit.instruction, edit.type, edit.object)[0]
     yes = n_img == 1  # a removal's "does the image have <object>?": yes, still there
     return [edit.reference] * n_img, q, "yes" if yes else "no", \
-        {"type": "edit_done", "kind": "adversarial",
+        {"type": "edit_done", "kind": "adversarial", "target": edit.target,
          "ground": grounding([edit.reference] * n_img, next((e for e in edit.touched if e != "bg"), None))}
 
 
@@ -52,32 +52,39 @@ def robustness(judge, n=200, steps=(50, 100), lr=0.01, seed=5):
     """Attack the edit question of n unchanged references (every edit type in turn, removal's
     "does the image have" included), pushing towards the answer a done edit would get. -> {steps:
     (flip rate: the share answering so after the attack; mean |dx| in 0-255 levels; fooled: the
-    share flipped while the oracle still reads the image as the unchanged reference)}."""
+    share flipped while the oracle still reads the image as the unchanged reference; unreal: the
+    share flipped while the oracle cannot read a cell of it)}."""
     rng = random.Random(seed)
     edits = [tt.random_edit(rng, "pretrain", tw.EDIT_TYPES[k % 5]) for k in range(n)]
     ref = tw.to_tensor([tw.render(e.reference) for e in edits])
     qs = [V.edit_questions(e.instruction, e.type, e.object)[0] for e in edits]
     out = {}
     for k in steps:
-        flips, dx, fooled = 0, 0.0, 0
+        flips, dx, fooled, unreal = 0, 0.0, 0, 0
         for n_img in (1, 2):
             idx = [b for b, q in enumerate(qs) if q[1] == n_img]
             imgs = [ref[idx]] * n_img
             want = [qs[b][2] for b in idx]  # the answer of a done edit: yes, or "no, gone"
             x, d = attack(judge, imgs, [qs[b][0] for b in idx], want, steps=k, lr=lr)
             flip = [(di > 0) == w for di, w in zip(d.tolist(), want)]
-            same = [tw.parse(im) == edits[b].reference for b, im in zip(idx, tw.to_uint8(x))]
+            read = [tw.parse(im) for im in tw.to_uint8(x)]
+            same = [r == edits[b].reference for b, r in zip(idx, read)]
             flips += sum(flip)
             fooled += sum(f and s for f, s in zip(flip, same))
+            unreal += sum(f and tw.UNRECOGNISED in r.cells for f, r in zip(flip, read))
             dx += float((x - ref[idx]).abs().mean((1, 2, 3)).sum()) * 127.5
-        out[k] = (flips / n, dx / n, fooled / n)
+        out[k] = (flips / n, dx / n, fooled / n, unreal / n)
     return out
 
 
-def adversarial(judge, batch, steps, lr):
+def adversarial(judge, batch, steps, lr, project=None):
     """Adversarial training (its hard negatives): the unchanged candidates of kind
     'adversarial' attacked (attack) towards the answer an edit would get; their
-    labels stay the truth. -> {sample index: perturbed last image}."""
+    labels stay the truth. project (a soft_yes mid): instead, each attacked image is answered
+    by how far it moved along the edit asked for, alpha = <dx, target - reference> /
+    |target - reference|^2 in [0, 1], as a partial edit at that alpha (judge_data.soft_yes), so
+    that only the edit's own direction raises the answer (docs/log.md, "Where the attack's
+    flips land"). -> {sample index: perturbed last image}."""
     idx = [b for b, s in enumerate(batch) if s[3].get("kind") == "adversarial"]
     out = {}
     for n_img in (1, 2):
@@ -89,6 +96,19 @@ def adversarial(judge, batch, steps, lr):
         want = [batch[b][2] == "no" for b in group]  # push towards the wrong answer
         x, _ = attack(judge, images, [batch[b][1] for b in group], want, steps, lr)
         out.update(dict(zip(group, x)))
+        # the edit question of adversarial_sample (judge_data's 'adversarial' candidates, which
+        # may ask the identity question, keep the truth)
+        mine = [j for j, b in enumerate(group) if "target" in batch[b][3]]
+        if project is None or not mine:
+            continue
+        ref = images[-1][mine]
+        v = tw.to_tensor([tw.render(batch[group[j]][3]["target"]) for j in mine]) - ref
+        alpha = ((x[mine] - ref) * v).sum((1, 2, 3)) / (v * v).sum((1, 2, 3)).clamp(min=1e-6)
+        for j, a in zip(mine, alpha.clamp(0, 1).tolist()):
+            b, w = group[j], want[j]
+            p = soft_yes(a, mid=project) if w else 1 - soft_yes(a, mid=project)  # w: "yes" = done
+            imgs, q, _, info = batch[b]
+            batch[b] = (imgs, q, "yes" if p > 0.5 else "no", {**info, "p_yes": p, "alpha": a})
     return out
 
 

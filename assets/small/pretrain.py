@@ -5,9 +5,9 @@
 
 Shipped prior: the default command's, then `prior --init assets/small/prior --seed 1
 --structured_steps 0 --steps 2000 --lr 3e-4 --warmup 50`; judge: a chain of fine-tunes with
-adversarial training (--adv_n), noise (--noise), partial edits (--partial_n, --soft_mid,
---partial_wrong) and candidate weights (--added_instead, --replaced); docs/log.md ("The prior
-on captions", "The judge on v2", "A judge ...").
+adversarial training (--adv_n, --adv_project), noise (--noise), partial edits (--partial_n,
+--soft_mid, --partial_wrong) and candidate weights (--added_instead, --replaced); docs/log.md
+("The prior on captions", "The judge on v2", "A judge ...", "Where the attack's flips land").
 
 NP-Edit needs a pretrained text-to-image flow model (generator init, real score, fake score init)
 and a pretrained VLM. Nothing can be downloaded in the small world, so the repo trains tiny ones
@@ -318,7 +318,7 @@ def pretrain_judge(a):
                 batch.append(s)
         batch += [R.adversarial_sample(rng) for _ in range(a.adv_n)]
         batch += [J.partial_sample(rng, a.soft_mid, a.partial_wrong) for _ in range(a.partial_n)]
-        perturbed = R.adversarial(judge, batch, a.adv_steps, a.adv_lr)
+        perturbed = R.adversarial(judge, batch, a.adv_steps, a.adv_lr, a.adv_project)
         J.blend(batch, perturbed)
         R.noisy(batch, perturbed, a.noise)
         vlm.train()
@@ -338,7 +338,7 @@ def pretrain_judge(a):
             rob = R.robustness(judge, n=a.probe_n, steps=(50,))[50] if a.probe_n else None
             tqdm.write(f"step {step} | {(time.time() - t0) / 60:.1f} min | lm {lm.item():.3f} "
                        f"aux {aux.item():.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in acc.items())
-                       + (f" | attack 50 steps: flipped {rob[0]:.3f} (fooled {rob[2]:.3f}), mean |dx| {rob[1]:.1f}/255"
+                       + (f" | attack 50 steps: flipped {rob[0]:.3f} (fooled {rob[2]:.3f}, unreal {rob[3]:.3f}), mean |dx| {rob[1]:.1f}/255"
                           if rob else ""))
             atomic_save_dir(out, lambda d: (vlm.save_pretrained(d), tokenizer.save_pretrained(d)))
             os.makedirs(a.state_dir, exist_ok=True)
@@ -369,15 +369,15 @@ if __name__ == "__main__":
                    help="judge: eval questions per side; prior: at most this many held-out prompts")
     p.add_argument("--kinds", nargs="+", default=list(J.SINGLE_Q), choices=list(J.SINGLE_Q),
                    help="judge: single-image question types to train on (a curriculum phase)")
-    p.add_argument("--curriculum", type=float, default=0.0,
-                   help="judge: fraction of steps per added cell in cell questions (0: off)")
+    p.add_argument("--curriculum", type=float, default=0.0, help="judge: steps' share per cell")
     p.add_argument("--mix", type=float, nargs=5, default=(0.1, 0.1, 0.2, 0.25, 0.35),
                    help="judge: task weights caption change vqa single pair")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--adv_steps", type=int, default=0,
-                   help="judge: attack steps for the adversarial candidates (0: left unperturbed)")
+    p.add_argument("--adv_steps", type=int, default=0, help="judge: attack steps (0: none)")
     p.add_argument("--adv_lr", type=float, default=0.02, help="judge: the attack's lr")
     p.add_argument("--adv_n", type=int, default=0, help="judge: attacked references a batch")
+    p.add_argument("--adv_project", type=float, default=None, help="judge: answer attacked "
+                   "references as partial edits of this mid (judge_robust.adversarial)")
     p.add_argument("--partial_n", type=int, default=0,
                    help="judge: partial edits a batch, with soft answers (judge_data.partial_sample)")
     p.add_argument("--soft_mid", type=float, default=0.5,
@@ -387,8 +387,7 @@ if __name__ == "__main__":
         p.add_argument(f"--{kind}", type=float, default=dict(zip(J.CANDIDATES, J.WEIGHTS))[kind],
                        help=f"judge: the '{kind}' candidates' weight (judge_data.WEIGHTS)")
     p.add_argument("--noise", type=float, default=0.0, help="judge: share of images noised")
-    p.add_argument("--probe_n", type=int, default=0,
-                   help="judge: unchanged references attacked at each eval (robustness)")
+    p.add_argument("--probe_n", type=int, default=0, help="judge: references attacked at evals")
     p.add_argument("--init", default="", help="start from this prior or judge folder (fine-tune)")
     p.add_argument("--captions", type=float, default=0.75, help="prior, phase 2: captions' share")
     p.add_argument("--structured_steps", type=int, default=1500,
