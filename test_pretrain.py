@@ -4,6 +4,7 @@ import os
 import random
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import torch
 
@@ -147,31 +148,23 @@ def test_projected_adversarial_labels_follow_the_edit(monkeypatch):
     lands on the copy as alpha 0; a removal's "does the image have" gets the opposite answer."""
     rng = random.Random(3)
     batch = [R.adversarial_sample(rng) for _ in range(12)]
-    land = {}
+    land = [b % 2 == 0 for b in range(len(batch))]  # which attacks land on the target
 
     def fake_attack(judge, images, questions, want, steps, lr):
+        group = [b for b, s in enumerate(batch) if len(s[0]) == len(images)]
         x = images[-1].clone()
-        for j, b in enumerate(group_of[len(images)]):
-            x[j] = tw.to_tensor([tw.render(batch[b][3]["target"])])[0] if land[b] else x[j]
+        for j, b in enumerate(group):
+            if land[b]:
+                x[j] = tw.to_tensor([tw.render(batch[b][3]["target"])])[0]
         return x, None
-    group_of = {n: [b for b, s in enumerate(batch) if len(s[0]) == n] for n in (1, 2)}
-    for b in range(len(batch)):
-        land[b] = b % 2 == 0
     monkeypatch.setattr(R, "attack", fake_attack)
-    R.adversarial(_NoJudge(), batch, steps=1, lr=0.1, project=0.8)
+    R.adversarial(SimpleNamespace(vlm=SimpleNamespace(eval=lambda: None)), batch, 1, 0.1, project=0.8)
     for b, (imgs, q, ans, info) in enumerate(batch):
-        done = J.soft_yes(1.0 if land[b] else 0.0, mid=0.8)
+        done = J.soft_yes(float(land[b]), mid=0.8)
         want = done if len(imgs) == 2 else 1 - done
         assert abs(info["p_yes"] - want) < 1e-4 and abs(info["alpha"] - land[b]) < 1e-5
         assert ans == ("yes" if want > 0.5 else "no")
     assert {len(s[0]) for s in batch} == {1, 2}  # both question forms were drawn
-
-
-class _NoJudge:
-    class vlm:
-        @staticmethod
-        def eval():
-            pass
 
 
 def test_pretrain_prior_resumes(tmp_path):

@@ -185,8 +185,8 @@ def judge_slope(path, n=16):
 
 
 def attack_grid(paths, out="docs/judge_attack.png", n=10):
-    """Unchanged references attacked towards "done" (judge_robust.attack, the robustness probe's
-    50 steps at lr 0.01), a row per judge, each column's signed answer after the attack (+:
+    """Unchanged references attacked towards "done" (judge_robust.attack_copies, the robustness
+    probe's 50 steps at lr 0.01), a row per judge, each column's signed answer after the attack (+:
     "done") under its instruction: what fools the judge (docs/log.md, "Where the attack's flips
     land")."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -194,20 +194,12 @@ def attack_grid(paths, out="docs/judge_attack.png", n=10):
     import judge_robust as R
     rng = random.Random(5)
     edits = [tt.random_edit(rng, "pretrain", tw.EDIT_TYPES[k % 5]) for k in range(n)]
-    ref = tw.to_tensor([tw.render(e.reference) for e in edits])
-    qs = [V.edit_questions(e.instruction, e.type, e.object)[0] for e in edits]
-    rows, names, answers = [tw.to_uint8(ref)], ["input"], []
+    rows, names, answers = [[tw.render(e.reference) for e in edits]], ["input"], []
     for path in paths:
-        judge, x, ans = V.small_judge(path), ref.clone(), [0.0] * n
-        for n_img in (1, 2):
-            idx = [b for b, q in enumerate(qs) if q[1] == n_img]
-            want = [qs[b][2] for b in idx]
-            x[idx], d = R.attack(judge, [ref[idx]] * n_img, [qs[b][0] for b in idx], want)
-            for b, di, w in zip(idx, d.tolist(), want):
-                ans[b] = di if w else -di
+        _, x, done = R.attack_copies(V.small_judge(path), edits)
         rows.append(tw.to_uint8(x))
         names.append(f"attacked, {os.path.basename(os.path.normpath(path))}")
-        answers.append(ans)
+        answers.append(done.tolist())
     rows.append([tw.render(e.target) for e in edits])
     names.append("target")
     caps = [e.instruction + " | " + " / ".join(f"{a[b]:+.1f}" for a in answers)

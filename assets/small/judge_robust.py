@@ -1,9 +1,10 @@
 """Attacks on the small world's judge, and the adversarial training and noise augmentation
 that resist them (docs/log.md, "The judge on v2": robustness).
 
-attack: Adam on an image's pixels towards a chosen answer; robustness: the probe that flips the
-edit question of unchanged references; adversarial_sample, adversarial: unchanged references
-attacked during pretraining and trained on the true answer; noisy: Gaussian-noise augmentation.
+attack: Adam on an image's pixels towards a chosen answer; attack_copies, robustness: the probe
+that flips the edit question of unchanged references; adversarial_sample, adversarial:
+unchanged references attacked during pretraining and trained on the true answer; noisy:
+Gaussian-noise augmentation.
 """
 import random
 
@@ -48,32 +49,39 @@ def attack(judge, images, questions, want_yes, steps=50, lr=0.01, keep=None):
     return x.detach(), d
 
 
-def robustness(judge, n=200, steps=(50, 100), lr=0.01, seed=5):
-    """Attack the edit question of n unchanged references (every edit type in turn, removal's
-    "does the image have" included), pushing towards the answer a done edit would get. -> {steps:
-    (flip rate: the share answering so after the attack; mean |dx| in 0-255 levels; fooled: the
-    share flipped while the oracle still reads the image as the unchanged reference; unreal: the
-    share flipped while the oracle cannot read a cell of it)}."""
-    rng = random.Random(seed)
-    edits = [tt.random_edit(rng, "pretrain", tw.EDIT_TYPES[k % 5]) for k in range(n)]
+def attack_copies(judge, edits, steps=50, lr=0.01):
+    """The probe's attack on edits' unchanged references, each asked its edit question (removal's
+    "does the image have" included) and pushed towards the answer a done edit would get. ->
+    (references (B, 3, 32, 32), attacked images, signed answers after the attack: + is "done")."""
     ref = tw.to_tensor([tw.render(e.reference) for e in edits])
     qs = [V.edit_questions(e.instruction, e.type, e.object)[0] for e in edits]
+    x, done = ref.clone(), torch.zeros(len(edits))
+    for n_img in (1, 2):
+        idx = [b for b, q in enumerate(qs) if q[1] == n_img]
+        if not idx:
+            continue
+        want = [qs[b][2] for b in idx]  # the answer of a done edit: yes, or "no, gone"
+        x[idx], d = attack(judge, [ref[idx]] * n_img, [qs[b][0] for b in idx], want, steps, lr)
+        done[idx] = d * torch.tensor([1.0 if w else -1.0 for w in want])
+    return ref, x, done
+
+
+def robustness(judge, n=200, steps=(50, 100), lr=0.01, seed=5):
+    """Attack the edit question of n unchanged references (attack_copies; every edit type in
+    turn). -> {steps: (flip rate: the share answering "done" after the attack; mean |dx| in 0-255
+    levels; fooled: the share flipped while the oracle still reads the image as the unchanged
+    reference; unreal: the share flipped while the oracle cannot read a cell of it)}."""
+    rng = random.Random(seed)
+    edits = [tt.random_edit(rng, "pretrain", tw.EDIT_TYPES[k % 5]) for k in range(n)]
     out = {}
     for k in steps:
-        flips, dx, fooled, unreal = 0, 0.0, 0, 0
-        for n_img in (1, 2):
-            idx = [b for b, q in enumerate(qs) if q[1] == n_img]
-            imgs = [ref[idx]] * n_img
-            want = [qs[b][2] for b in idx]  # the answer of a done edit: yes, or "no, gone"
-            x, d = attack(judge, imgs, [qs[b][0] for b in idx], want, steps=k, lr=lr)
-            flip = [(di > 0) == w for di, w in zip(d.tolist(), want)]
-            read = [tw.parse(im) for im in tw.to_uint8(x)]
-            same = [r == edits[b].reference for b, r in zip(idx, read)]
-            flips += sum(flip)
-            fooled += sum(f and s for f, s in zip(flip, same))
-            unreal += sum(f and tw.UNRECOGNISED in r.cells for f, r in zip(flip, read))
-            dx += float((x - ref[idx]).abs().mean((1, 2, 3)).sum()) * 127.5
-        out[k] = (flips / n, dx / n, fooled / n, unreal / n)
+        ref, x, done = attack_copies(judge, edits, k, lr)
+        flip = (done > 0).tolist()
+        read = [tw.parse(im) for im in tw.to_uint8(x)]
+        fooled = sum(f and r == e.reference for f, r, e in zip(flip, read, edits))
+        unreal = sum(f and tw.UNRECOGNISED in r.cells for f, r in zip(flip, read))
+        dx = float((x - ref).abs().mean((1, 2, 3)).mean()) * 127.5
+        out[k] = (sum(flip) / n, dx, fooled / n, unreal / n)
     return out
 
 
