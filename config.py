@@ -99,9 +99,9 @@ _REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, warmup_s
              vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True, eval_n=0, log_every=10,
              grid_every=500, ckpt_every=500)
 PRESETS = {
-    # the shipped prior and judge, 2 CPU cores; seeds 0 / 1 / 2 (1 thread, beside other runs):
-    # success 0.746 / 0.634 / 0.766, preservation 0.931-0.961, realism 0.954-0.976, removals
-    # 0.68 / 0.18 / 0.78 (docs/log.md, "Why removals were a coin toss")
+    # the shipped prior and judge, 2 CPU cores; seeds 0 / 1 / 2 (1 thread, beside another run):
+    # success 0.734 / 0.714 / 0.742, preservation 0.964-0.980, realism 0.978-0.994, colour
+    # 0.54 / 0.39 / 0.35, removals 0.50 / 0.45 / 0.58 (docs/log.md, "Where the editor fails")
     "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,

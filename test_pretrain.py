@@ -113,6 +113,31 @@ def test_partial_edits_towards_a_wrong_edit_keep_the_copys_answer():
     assert kinds == {"replaced", "removal", "other"}
 
 
+def test_partial_edits_towards_the_editors_failures():
+    """partial_sample(fail=1): a colour or shape edit blends towards its object erased or its new
+    colour / shape drawn as a new object (the edit question: the copy's answer at every alpha), an
+    object edit towards the change spilt onto a second object (the identity question: falling as
+    1 - soft_yes(alpha)); additions and backgrounds have no such failure and stay partial edits."""
+    rng = random.Random(2)
+    kinds = set()
+    for _ in range(200):
+        imgs, q, a, info = J.partial_sample(rng, mid=0.8, fail=1.0)
+        ref, cand, alpha, p = info["reference"], imgs[-1], info["alpha"], info["p_yes"]
+        changed = [i for i in range(4) if ref.cells[i] != cand.cells[i]]
+        if info["type"] == "same_except" and len(changed) == 2:
+            assert p == 1 - J.soft_yes(alpha)
+            kinds.add("spilt")
+        elif info["type"] == "edit_done" and len(imgs) == 2 and p == J.soft_yes(0, mid=0.8):
+            (k,) = changed
+            kinds.add("erased" if cand.cells[k] is None else "added")
+            assert (ref.cells[k] is None) == (cand.cells[k] is not None)  # erased, or drawn anew
+            assert a == "no"
+        else:  # an edit with no failure of these kinds: the partial edit itself
+            assert len(changed) <= 1 and p in (1.0, J.soft_yes(alpha, mid=0.8), 1 - J.soft_yes(alpha, mid=0.8))
+            kinds.add("partial")
+    assert kinds == {"spilt", "erased", "added", "partial"}
+
+
 def test_wrong_target_is_the_same_type_done_elsewhere_or_otherwise():
     """judge_data.wrong_target: the same type of edit on the same reference, read by the oracle
     as neither the target nor the reference; None for a lone object's removal."""

@@ -3,6 +3,7 @@
     python docs/diagnose.py out/small     # a run's out_dir (needs its ckpt, with the fake score)
     python docs/diagnose.py --judge assets/small/judge   # the judge alone (judge_slope)
     python docs/diagnose.py --attack <judge> [<judge> ...]   # docs/judge_attack.png (attack_grid)
+    python docs/diagnose.py --failures out/small   # what the run did with each eval edit (failure_kinds)
 
 Prints, per edit type, on 48 training-split edits each (seeded):
   dmd    cosine between the DMD descent direction x0_real - x0_fake (dmd.py, the run's own fake
@@ -180,8 +181,57 @@ def judge_slope(path, n=16):
             signed.append(torch.cat([(w.float() * 2 - 1) * d for _, d, _, w in groups]).mean())
         print(f"{typ:10s} -dL/dx mass / cosine: at the reference {m0} / {c0:+.2f}, halfway {m1} /"
               f" {c1:+.2f} | signed l_yes - l_no at alpha 0, .25, .5, 1: "
-              + " ".join(f"{v:+.1f}" for v in signed[:4]) + f" | wrong edit {signed[4]:+.1f}",
-              flush=True)
+              + " ".join(f"{v:+.1f}" for v in signed[:4]) + f" | wrong edit {signed[4]:+.1f}"
+              + failure_answers(judge, rng, edits, ref, tgt), flush=True)
+
+
+def failure_answers(judge, rng, edits, ref, tgt):
+    """The signed answer (+: a done edit's) of the question that should catch each of the editor's
+    failures (judge_data.failures), along the blend from the reference towards the failure at
+    alpha .5 and 1, and the same question towards the target: does the answer fall only off
+    the edit?"""
+    out = ""
+    for kind in ("erased", "added", "spilt"):
+        fails = [J.failures(rng, e).get(kind) for e in edits]
+        keep = [i for i, f in enumerate(fails) if f]
+        if not keep:
+            continue
+        slot = fails[keep[0]][1]
+        es, r = [edits[i] for i in keep], ref[keep]
+        cand = tw.to_tensor([tw.render(fails[i][0]) for i in keep])
+        vals = []
+        for end in (cand, tgt[keep]):
+            for a in (0.5, 1.0):
+                with torch.no_grad():
+                    groups = V.answer_logits(judge, r, torch.lerp(r, end, a), [e.instruction for e in es],
+                                             [e.type for e in es], [e.object for e in es], slots=(slot,))
+                vals.append(torch.cat([(w.float() * 2 - 1) * d for _, d, _, w in groups]).mean())
+        out += (f" | {kind} ({'edit' if slot == 0 else 'identity'} q) .5, 1: {vals[0]:+.1f} "
+                f"{vals[1]:+.1f} (target {vals[2]:+.1f} {vals[3]:+.1f})")
+    return out
+
+
+def failure_kinds(edits, images):
+    """What the editor did with each edit, read by the oracle (toyworld.parse): "right" (the
+    target), "spilt" (the edit done, and something else changed), "copy" (nothing changed),
+    "copy+rest" (the edited element unchanged, something else changed: e.g. the new colour drawn
+    as a new object), "else" / "else+rest" (the edited element changed wrongly: e.g. erased).
+    -> {type: Counter}."""
+    from collections import Counter, defaultdict
+    out = defaultdict(Counter)
+    for e, im in zip(edits, images):
+        els = [dict(bg=s.bg, **{str(i): c for i, c in enumerate(s.cells)})
+               for s in (tw.parse(im), e.reference, e.target)]
+        got, ref, tgt = els
+        touched = [k for k in ref if ref[k] != tgt[k]]
+        rest = all(got[k] == ref[k] for k in ref if k not in touched)
+        if all(got[k] == tgt[k] for k in touched):
+            kind = "right" if rest else "spilt"
+        else:
+            kind = ("copy" if all(got[k] == ref[k] for k in touched) else "else") + \
+                ("" if rest else "+rest")
+        out[e.type][kind] += 1
+    return out
 
 
 def attack_grid(paths, out="docs/judge_attack.png", n=10):
@@ -259,6 +309,13 @@ if __name__ == "__main__":
         judge_slope(sys.argv[2])
     elif len(sys.argv) >= 3 and sys.argv[1] == "--attack":
         attack_grid(sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--failures":
+        gen, cfg = load_editor(sys.argv[2])
+        edits = tt.eval_edits(cfg.eval_n or 500)
+        images = [im for k in range(0, len(edits), 100) for im in M.editor_fn(gen, "cpu", cfg.shift)(
+            [tw.render(e.reference) for e in edits[k:k + 100]], [e.instruction for e in edits[k:k + 100]])]
+        for typ, c in failure_kinds(edits, images).items():
+            print(f"{typ:10s} " + " ".join(f"{k} {v}" for k, v in c.most_common()))
     elif len(sys.argv) == 2:
         main(sys.argv[1])
     else:

@@ -202,7 +202,36 @@ def soft_yes(alpha, slope=8.0, mid=0.5):
     return 1 / (1 + math.exp(-slope * (alpha - mid)))
 
 
-def partial_sample(rng, mid=0.5, wrong=0.0):
+def failures(rng, edit):
+    """The ways the editor fails an object edit, each as a candidate and the question that catches
+    it (docs/log.md, "Where the editor fails, and a judge that sees it coming"): a colour or shape
+    edit done by erasing the object ("erased") or by drawing the new colour or shape as a new
+    object elsewhere ("added"), both for the edit question (slot 0), and the change spilt onto
+    another object too ("spilt"), for the identity question (slot 1). -> {kind: (candidate, slot)},
+    empty for additions and backgrounds."""
+    if edit.type not in ("color", "shape", "remove"):
+        return {}
+    cell = next(e for e in edit.touched if e != "bg")
+    ref, new = edit.reference, edit.target.cells[cell]
+    out = {}
+    if edit.type != "remove":
+        out["erased"] = (tw.apply_edit(ref, "remove", cell=cell).target, 0)
+        empty = [i for i in range(4) if ref.cells[i] is None]
+        if empty:
+            out["added"] = (tw.apply_edit(ref, "add", cell=rng.choice(empty), color=new[0],
+                                          shape=new[1]).target, 0)
+    spilt = {i: None if new is None else (new[0], o[1]) if edit.type == "color" else (o[0], new[1])
+             for i, o in ref.objects() if i != cell}
+    spilt = {i: o for i, o in spilt.items() if o != ref.cells[i]}
+    if spilt:
+        j = rng.choice(sorted(spilt))
+        cells = list(edit.target.cells)
+        cells[j] = spilt[j]
+        out["spilt"] = (tw.Scene(ref.bg, tuple(cells)), 1)
+    return out
+
+
+def partial_sample(rng, mid=0.5, wrong=0.0, fail=0.0):
     """A partial edit asked one of vlm_loss's questions: images (reference, target), to be blended
     by blend() into (1 - alpha) reference + alpha target. The edit question's answer is soft,
     soft_yes(alpha, mid=mid) (a removal's "does the image have": 1 - soft_yes); the identity
@@ -211,16 +240,22 @@ def partial_sample(rng, mid=0.5, wrong=0.0):
     and the edit question gets the copy's answer at every alpha, so that the judge's answer rises
     only towards the edit asked for (docs/log.md, "A judge that tells the colour asked for"); for
     a removal, half of those blend towards its object changed in place (replaced()), asked the
-    identity question, whose answer falls as 1 - soft_yes(alpha). -> (images, question, answer,
+    identity question, whose answer falls as 1 - soft_yes(alpha). With probability `fail` it goes
+    towards one of the editor's failures (failures()): asked the edit question, the copy's answer at
+    every alpha; asked the identity question, 1 - soft_yes(alpha). -> (images, question, answer,
     info)."""
     edit = tt.random_edit(rng, "pretrain")
     alpha, slot = rng.random(), 0 if rng.random() < 0.75 else 1
     target, p = edit.target, None
-    if rng.random() < wrong:
+    r = rng.random()
+    if r < wrong:
         if edit.type == "remove" and rng.random() < 0.5:
             slot, target, p = 1, replaced(rng, edit), 1 - soft_yes(alpha)
         else:
             slot, target = 0, wrong_target(rng, edit) or edit.target
+    elif r < wrong + fail and (f := failures(rng, edit)):
+        target, slot = rng.choice(list(f.values()))
+        p = 1 - soft_yes(alpha) if slot == 1 else None
     q, n_img, want = V.edit_questions(edit.instruction, edit.type, edit.object)[slot]
     a = alpha if target == edit.target else 0.0
     if p is None:

@@ -6,8 +6,8 @@
 Shipped prior: the default command's, then `prior --init assets/small/prior --seed 1
 --structured_steps 0 --steps 2000 --lr 3e-4 --warmup 50`; judge: a chain of fine-tunes with
 adversarial training (--adv_n, --adv_project), noise (--noise), partial edits (--partial_n,
---soft_mid, --partial_wrong) and candidate weights (--added_instead, --replaced); docs/log.md
-("The prior on captions", "The judge on v2", "A judge ...", "Where the attack's flips land").
+--soft_mid, --partial_wrong, --partial_fail) and candidate weights (--added_instead, --replaced);
+docs/log.md ("The prior on captions", "The judge on v2", "A judge ...", "Where the ...").
 
 NP-Edit needs a pretrained text-to-image flow model (generator init, real score, fake score init)
 and a pretrained VLM. Nothing can be downloaded in the small world, so the repo trains tiny ones
@@ -317,7 +317,8 @@ def pretrain_judge(a):
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
         batch += [R.adversarial_sample(rng) for _ in range(a.adv_n)]
-        batch += [J.partial_sample(rng, a.soft_mid, a.partial_wrong) for _ in range(a.partial_n)]
+        part = (a.soft_mid, a.partial_wrong, a.partial_fail)
+        batch += [J.partial_sample(rng, *part) for _ in range(a.partial_n)]
         perturbed = R.adversarial(judge, batch, a.adv_steps, a.adv_lr, a.adv_project)
         J.blend(batch, perturbed)
         R.noisy(batch, perturbed, a.noise)
@@ -378,11 +379,10 @@ if __name__ == "__main__":
     p.add_argument("--adv_n", type=int, default=0, help="judge: attacked references a batch")
     p.add_argument("--adv_project", type=float, default=None, help="judge: answer attacked "
                    "references as partial edits of this mid (judge_robust.adversarial)")
-    p.add_argument("--partial_n", type=int, default=0,
-                   help="judge: partial edits a batch, with soft answers (judge_data.partial_sample)")
-    p.add_argument("--soft_mid", type=float, default=0.5,
-                   help="judge: where a partial edit's soft answer crosses 1/2 (judge_data.soft_yes)")
+    p.add_argument("--partial_n", type=int, default=0, help="judge: partial edits a batch (soft answers)")
+    p.add_argument("--soft_mid", type=float, default=0.5, help="judge: judge_data.soft_yes's mid")
     p.add_argument("--partial_wrong", type=float, default=0.0, help="judge: partial edits' wrong share")
+    p.add_argument("--partial_fail", type=float, default=0.0, help="judge: partial edits' failure share")
     for kind in ("added_instead", "replaced"):  # candidate weights (judge_data.WEIGHTS)
         p.add_argument(f"--{kind}", type=float, default=dict(zip(J.CANDIDATES, J.WEIGHTS))[kind],
                        help=f"judge: the '{kind}' candidates' weight (judge_data.WEIGHTS)")
