@@ -175,14 +175,20 @@ def judge_slope(path, n=16):
         blends = [(ref, torch.lerp(ref, tgt, a), edits) for a in (0, 0.25, 0.5, 1)]
         for r, x, es in blends + [(ref[keep], tw.to_tensor([tw.render(wrong[i]) for i in keep]),
                                    [edits[i] for i in keep])]:
-            with torch.no_grad():
-                groups = V.answer_logits(judge, r, x, [e.instruction for e in es],
-                                         [e.type for e in es], [e.object for e in es], slots=(0,))
-            signed.append(torch.cat([(w.float() * 2 - 1) * d for _, d, _, w in groups]).mean())
+            signed.append(signed_answer(judge, r, x, es, 0))
         print(f"{typ:10s} -dL/dx mass / cosine: at the reference {m0} / {c0:+.2f}, halfway {m1} /"
               f" {c1:+.2f} | signed l_yes - l_no at alpha 0, .25, .5, 1: "
               + " ".join(f"{v:+.1f}" for v in signed[:4]) + f" | wrong edit {signed[4]:+.1f}"
               + failure_answers(judge, rng, edits, ref, tgt), flush=True)
+
+
+@torch.no_grad()
+def signed_answer(judge, ref, x, edits, slot):
+    """The mean l_yes - l_no of question `slot` (0: the edit, 1: the identity question), signed so
+    that + is the answer a done edit gets."""
+    groups = V.answer_logits(judge, ref, x, [e.instruction for e in edits], [e.type for e in edits],
+                             [e.object for e in edits], slots=(slot,))
+    return torch.cat([(w.float() * 2 - 1) * d for _, d, _, w in groups]).mean()
 
 
 def failure_answers(judge, rng, edits, ref, tgt):
@@ -199,13 +205,8 @@ def failure_answers(judge, rng, edits, ref, tgt):
         slot = fails[keep[0]][1]
         es, r = [edits[i] for i in keep], ref[keep]
         cand = tw.to_tensor([tw.render(fails[i][0]) for i in keep])
-        vals = []
-        for end in (cand, tgt[keep]):
-            for a in (0.5, 1.0):
-                with torch.no_grad():
-                    groups = V.answer_logits(judge, r, torch.lerp(r, end, a), [e.instruction for e in es],
-                                             [e.type for e in es], [e.object for e in es], slots=(slot,))
-                vals.append(torch.cat([(w.float() * 2 - 1) * d for _, d, _, w in groups]).mean())
+        vals = [signed_answer(judge, r, torch.lerp(r, end, a), es, slot)
+                for end in (cand, tgt[keep]) for a in (0.5, 1.0)]
         out += (f" | {kind} ({'edit' if slot == 0 else 'identity'} q) .5, 1: {vals[0]:+.1f} "
                 f"{vals[1]:+.1f} (target {vals[2]:+.1f} {vals[3]:+.1f})")
     return out
@@ -220,9 +221,7 @@ def failure_kinds(edits, images):
     from collections import Counter, defaultdict
     out = defaultdict(Counter)
     for e, im in zip(edits, images):
-        els = [dict(bg=s.bg, **{str(i): c for i, c in enumerate(s.cells)})
-               for s in (tw.parse(im), e.reference, e.target)]
-        got, ref, tgt = els
+        got, ref, tgt = (J._elements(s) for s in (tw.parse(im), e.reference, e.target))
         touched = [k for k in ref if ref[k] != tgt[k]]
         rest = all(got[k] == ref[k] for k in ref if k not in touched)
         if all(got[k] == tgt[k] for k in touched):
@@ -312,8 +311,7 @@ if __name__ == "__main__":
     elif len(sys.argv) == 3 and sys.argv[1] == "--failures":
         gen, cfg = load_editor(sys.argv[2])
         edits = tt.eval_edits(cfg.eval_n or 500)
-        images = [im for k in range(0, len(edits), 100) for im in M.editor_fn(gen, "cpu", cfg.shift)(
-            [tw.render(e.reference) for e in edits[k:k + 100]], [e.instruction for e in edits[k:k + 100]])]
+        _, images = tw.evaluate(M.editor_fn(gen, "cpu", cfg.shift), edits)
         for typ, c in failure_kinds(edits, images).items():
             print(f"{typ:10s} " + " ".join(f"{k} {v}" for k, v in c.most_common()))
     elif len(sys.argv) == 2:
