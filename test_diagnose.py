@@ -139,3 +139,16 @@ def test_shipped_judge_sees_no_progress_in_erasing_the_object():
         (_, gone, _, _), = V.answer_logits(judge, ref, erased, [e.instruction for e in edits],
                                            ["color"] * 16, slots=(0,))
     assert gone.mean() < copy.mean() + 0.5 and (gone < 0).all(), (copy.mean(), gone.mean())
+
+
+def test_target_answers_of_the_shipped_judge():
+    """diagnose.target_answers on the eval edits' exact targets: the shipped judge says "done" to
+    most single-object edits (0.70-0.96), and to only 0.38 / 0.46 of two-object recolours / reshapes
+    (docs/log.md, "Judge z2"): a coin toss on the very edit it asks for."""
+    import diagnose
+    import vlm_reward as V
+    ans = diagnose.target_answers(V.small_judge(os.path.join(HERE, "assets", "small", "judge")))
+    assert set(ans) == {(t, k) for t in tw.EDIT_TYPES for k in (1, 2)} - {("remove", 1),
+                                                                          ("add", 2)}, ans
+    assert all(a[0] > 0.65 and a[1] > 0.85 for k, a in ans.items() if k[1] == 1), ans
+    assert ans[("color", 2)][0] < 0.5 and ans[("shape", 2)][0] < 0.5, ans

@@ -138,6 +138,21 @@ def test_partial_edits_towards_the_editors_failures():
     assert kinds == {"spilt", "erased", "added", "partial"}
 
 
+def test_focus_draws_two_object_colour_and_shape_edits():
+    """judge_data.focused_edit: focus 1 gives only colour / shape edits of two-object scenes,
+    focus 0 the plain draw (the same random stream as tt.random_edit), and focus reaches the pair
+    questions and the partial edits."""
+    for seed in range(50):
+        e = J.focused_edit(random.Random(seed), focus=1.0)
+        assert e.type in ("color", "shape") and len(e.reference.objects()) == 2
+    assert J.focused_edit(random.Random(5)) == tt.random_edit(random.Random(5), "pretrain")
+    rng = random.Random(3)
+    pairs = [J.judge_sample(rng, "pair", focus=1.0) for _ in range(40)]
+    assert all(len(imgs[0].objects()) == 2 for imgs, *_ in pairs)
+    parts = [J.partial_sample(rng, mid=0.8, focus=1.0)[3]["reference"] for _ in range(40)]
+    assert all(len(ref.objects()) == 2 for ref in parts)
+
+
 def test_wrong_target_is_the_same_type_done_elsewhere_or_otherwise():
     """judge_data.wrong_target: the same type of edit on the same reference, read by the oracle
     as neither the target nor the reference; None for a lone object's removal."""

@@ -162,7 +162,8 @@ def judge_slope(path, n=16):
     (+: the answer a done edit gets) to the edit question along the pixel blend from the
     reference (alpha 0) to the target (alpha 1), and at the same type of edit done wrong (another
     cell or value: judge_data's "wrong edit"). A flat start means no direction at the copy; a
-    wrong edit that scores like the target means no direction towards the value asked for."""
+    wrong edit that scores like the target means no direction towards the value asked for. Then
+    target_answers on the eval edits."""
     judge = V.small_judge(path)
     rng = random.Random(0)
     for typ in tw.EDIT_TYPES:
@@ -180,6 +181,30 @@ def judge_slope(path, n=16):
               f" {c1:+.2f} | signed l_yes - l_no at alpha 0, .25, .5, 1: "
               + " ".join(f"{v:+.1f}" for v in signed[:4]) + f" | wrong edit {signed[4]:+.1f}"
               + failure_answers(judge, rng, edits, ref, tgt), flush=True)
+    print("exact targets of the eval edits answered as done, edit / identity question, by type "
+          "and objects in the scene: " + ", ".join(f"{t} {k}: {a:.2f} / {b:.2f}" for (t, k), (a, b)
+                                                   in target_answers(judge).items()))
+
+
+@torch.no_grad()
+def target_answers(judge, n=500):
+    """On the n eval edits' exact targets -> {(type, objects in the scene): (share of the edit
+    question, share of the identity question answered as a done edit wants)}. How sure is the
+    judge of the very edit it asks for?"""
+    edits = tt.eval_edits(n)
+    ref = tw.to_tensor([tw.render(e.reference) for e in edits])
+    tgt = tw.to_tensor([tw.render(e.target) for e in edits])
+    right = [{}, {}]
+    for slot in (0, 1):
+        for i, d, _, w in V.answer_logits(judge, ref, tgt, [e.instruction for e in edits],
+                                          [e.type for e in edits], [e.object for e in edits],
+                                          slots=(slot,)):
+            right[slot].update(zip(i.tolist(), ((w.float() * 2 - 1) * d > 0).tolist()))
+    by = {}
+    for i, e in enumerate(edits):
+        by.setdefault((e.type, len(e.reference.objects())), []).append(i)
+    return {k: tuple(float(np.mean([r[i] for i in idx])) for r in right)
+            for k, idx in sorted(by.items())}
 
 
 @torch.no_grad()

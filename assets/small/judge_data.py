@@ -85,15 +85,26 @@ def _elements(s):
     return {"bg": s.bg, 0: s.cells[0], 1: s.cells[1], 2: s.cells[2], 3: s.cells[3]}
 
 
-def pair_question(rng, grammar="pretrain"):
+def focused_edit(rng, grammar="pretrain", focus=0.0):
+    """tt.random_edit, but with probability focus a colour or shape edit in a two-object scene:
+    the edits whose exact target the judge is least sure of (docs/log.md, "Judge z2")."""
+    if not focus or rng.random() >= focus:
+        return tt.random_edit(rng, grammar)
+    while True:
+        edit = tt.random_edit(rng, grammar, rng.choice(("color", "shape")))
+        if len(edit.reference.objects()) == 2:
+            return edit
+
+
+def pair_question(rng, grammar="pretrain", focus=0.0):
     """A question of the paper's form, exactly as vlm_reward.edit_questions asks it, about a
     reference and a candidate -> (type, question, images, label, kind, touched). 'edit_done':
     non-removals, yes iff the touched elements of the candidate equal the target's; removals ask
     "does the image have <object>?" of the candidate alone, yes iff an object fits the expression
     (toytext.matches); 'same_except': yes iff every untouched element equals the reference's.
     kind 'adversarial' is the unchanged reference, to be perturbed by attack() while training.
-    grammar: 'pretrain' (the trained grammar) or 'heldout_grammar'."""
-    edit = tt.random_edit(rng, grammar)
+    grammar: 'pretrain' (the trained grammar) or 'heldout_grammar'; focus: focused_edit's."""
+    edit = focused_edit(rng, grammar, focus)
     kind = rng.choices(CANDIDATES, weights=WEIGHTS)[0]
     empty = [i for i in range(4) if edit.reference.cells[i] is None]
     if kind == "added_instead" and (edit.type not in ("color", "shape") or not empty):
@@ -231,7 +242,7 @@ def failures(rng, edit):
     return out
 
 
-def partial_sample(rng, mid=0.5, wrong=0.0, fail=0.0):
+def partial_sample(rng, mid=0.5, wrong=0.0, fail=0.0, focus=0.0):
     """A partial edit asked one of vlm_loss's questions: images (reference, target), to be blended
     by blend() into (1 - alpha) reference + alpha target. The edit question's answer is soft,
     soft_yes(alpha, mid=mid) (a removal's "does the image have": 1 - soft_yes); the identity
@@ -242,9 +253,9 @@ def partial_sample(rng, mid=0.5, wrong=0.0, fail=0.0):
     a removal, half of those blend towards its object changed in place (replaced()), asked the
     identity question, whose answer falls as 1 - soft_yes(alpha). With probability `fail` it goes
     towards one of the editor's failures (failures()): asked the edit question, the copy's answer at
-    every alpha; asked the identity question, 1 - soft_yes(alpha). -> (images, question, answer,
-    info)."""
-    edit = tt.random_edit(rng, "pretrain")
+    every alpha; asked the identity question, 1 - soft_yes(alpha). focus: focused_edit's. ->
+    (images, question, answer, info)."""
+    edit = focused_edit(rng, "pretrain", focus)
     alpha, slot = rng.random(), 0 if rng.random() < 0.75 else 1
     target, p = edit.target, None
     r = rng.random()
@@ -273,8 +284,9 @@ def blend(batch, perturbed):
             perturbed[b] = torch.lerp(ref, tgt, info["alpha"])
 
 
-def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4, grammar="pretrain"):
-    """One judge training/eval sample: (images as scenes, question, answer, info)."""
+def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4, grammar="pretrain", focus=0.0):
+    """One judge training/eval sample: (images as scenes, question, answer, info). focus: the
+    pair questions' focused_edit share."""
     if task == "caption":
         s = tw.random_scene(rng)
         return [s], "describe the image .", tt.caption(rng, s, detailed=True).text, {}
@@ -303,7 +315,7 @@ def judge_sample(rng, task, kinds=tuple(SINGLE_Q), cells=4, grammar="pretrain"):
                 break
         cell = next((k for k, c in enumerate(tw.CELLS) if f" at {c} " in q), None)
         return [s], q, "yes" if label else "no", {"type": t, "ground": grounding([s], cell)}
-    t, q, imgs, label, kind, touched = balanced(rng, pair_question, grammar)
+    t, q, imgs, label, kind, touched = balanced(rng, pair_question, grammar, focus)
     cell = next((e for e in touched if e != "bg"), None)
     return imgs, q, "yes" if label else "no", {"type": t, "kind": kind,
                                                "ground": grounding(imgs, cell)}
