@@ -12,8 +12,7 @@ docs/log.md ("The prior on captions", and from "The judge on v2" on; --pair_focu
 NP-Edit needs a pretrained text-to-image flow model (generator init, real score, fake score init)
 and a pretrained VLM. Nothing can be downloaded in the small world, so the repo trains tiny ones
 on the procedural world (toyworld.py) and commits them; `train.py --config small` only loads them.
-Progress bars show the loss; every --eval_every steps the oracle numbers are printed and the EMA
-weights are written (atomically: a temp dir, then rename). --resume continues a killed run.
+Progress bars; every --eval_every steps evals and an atomic write of the (EMA) weights; --resume.
 """
 import argparse
 import math
@@ -305,6 +304,7 @@ def pretrain_judge(a):
     evalset = J.judge_eval_set(a.eval_n)
     held = {(q, tuple(imgs)) for imgs, q, _, _ in evalset}
     tasks, weights = ("caption", "change", "vqa", "single", "pair"), a.mix
+    kinds, part = tuple(a.kinds), (a.soft_mid, a.partial_wrong, a.partial_fail, a.pair_focus)
     t0 = time.time()
     pbar = tqdm(total=a.steps, initial=step, desc="judge", dynamic_ncols=True)
     while step < a.steps:
@@ -313,13 +313,11 @@ def pretrain_judge(a):
             # curriculum: cell questions about 1, then 2, 3, 4 cells (one cell is learned in ~200
             # steps; all four at once stayed at chance for 3000+)
             cells = 4 if not a.curriculum else min(4, 1 + int(step / (a.curriculum * a.steps)))
-            s = J.judge_sample(rng, rng.choices(tasks, weights)[0], tuple(a.kinds), cells,
-                               focus=a.pair_focus)
+            s = J.judge_sample(rng, rng.choices(tasks, weights)[0], kinds, cells, focus=a.pair_focus)
             if (s[1], tuple(s[0])) not in held:
                 batch.append(s)
         batch += [R.adversarial_sample(rng) for _ in range(a.adv_n)]
-        batch += [J.partial_sample(rng, a.soft_mid, a.partial_wrong, a.partial_fail, a.pair_focus)
-                  for _ in range(a.partial_n)]
+        batch += [J.partial_sample(rng, *part) for _ in range(a.partial_n)]
         perturbed = R.adversarial(judge, batch, a.adv_steps, a.adv_lr, a.adv_project)
         J.blend(batch, perturbed)
         R.noisy(batch, perturbed, a.noise)
@@ -367,7 +365,8 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="asset dir (default assets/small/<what>)")
     p.add_argument("--state_dir", default="out/pretrain")
-    p.add_argument("--eval_n", type=int, default=1000, help="judge: eval questions a side; prior: prompts")
+    p.add_argument("--eval_n", type=int, default=1000,
+                   help="judge: eval questions per side; prior: at most this many held-out prompts")
     p.add_argument("--kinds", nargs="+", default=list(J.SINGLE_Q), choices=list(J.SINGLE_Q),
                    help="judge: single-image question types to train on (a curriculum phase)")
     p.add_argument("--curriculum", type=float, default=0.0, help="judge: steps' share per cell")
@@ -377,12 +376,13 @@ if __name__ == "__main__":
     p.add_argument("--adv_steps", type=int, default=0, help="judge: attack steps (0: none)")
     p.add_argument("--adv_lr", type=float, default=0.02, help="judge: the attack's lr")
     p.add_argument("--adv_n", type=int, default=0, help="judge: attacked references a batch")
-    p.add_argument("--adv_project", type=float, default=None, help="judge: answer attacks as partial edits of this mid")
+    p.add_argument("--adv_project", type=float, default=None, help="judge: answer attacked "
+                   "references as partial edits of this mid (judge_robust.adversarial)")
     p.add_argument("--partial_n", type=int, default=0, help="judge: partial edits a batch (soft answers)")
     p.add_argument("--soft_mid", type=float, default=0.5, help="judge: judge_data.soft_yes's mid")
     p.add_argument("--partial_wrong", type=float, default=0.0, help="judge: partial edits' wrong share")
     p.add_argument("--partial_fail", type=float, default=0.0, help="judge: partial edits' failure share")
-    p.add_argument("--pair_focus", type=float, default=0.0, help="judge: two-object colour/shape share")
+    p.add_argument("--pair_focus", type=float, default=0.0, help="judge: 2-object colour/shape share")
     for kind in ("added_instead", "replaced"):  # candidate weights (judge_data.WEIGHTS)
         p.add_argument(f"--{kind}", type=float, default=dict(zip(J.CANDIDATES, J.WEIGHTS))[kind],
                        help=f"judge: the '{kind}' candidates' weight (judge_data.WEIGHTS)")
@@ -390,7 +390,8 @@ if __name__ == "__main__":
     p.add_argument("--probe_n", type=int, default=0, help="judge: references attacked at evals")
     p.add_argument("--init", default="", help="start from this prior or judge folder (fine-tune)")
     p.add_argument("--captions", type=float, default=0.75, help="prior, phase 2: captions' share")
-    p.add_argument("--structured_steps", type=int, default=1500, help="prior: phase 1's steps (0: none)")
+    p.add_argument("--structured_steps", type=int, default=1500,
+                   help="prior: phase 1, structured prompts only (0: no phase 1)")
     p.add_argument("--caption_lr", type=float, default=1e-3, help="prior: phase 2's peak lr")
     a = p.parse_args()
     a.steps = a.steps or {"prior": 7500, "judge": 6000}[a.what]
