@@ -33,6 +33,8 @@ class Config:
     seed: int = 0
     method: str = "npedit"               # npedit | sft (true pairs) | grpo (Flow-GRPO reward)
     batch_size: int = 8
+    ref_init: float = 0.5                # share of the prior's patch weights the reference starts
+                                         # with (0: zero init; model.Generator)
     warmup_steps: int = 200              # identity warm-up ("learn to copy") steps
     warmup_lr: float = 1e-3
     warmup_prompt: str = "caption"       # warm-up prompt: "caption" of y (paper) | "instruction"
@@ -78,14 +80,14 @@ class Config:
 # Allowed values of every numeric option: "count1" >= 1, "count0" >= 0, "rate" finite and > 0,
 # "weight" finite and >= 0, "prob" in [0, 1], "beta" (Adam's) in [0, 1).
 RANGES = {"resolution": "count1", "judge_size": "count1", "seed": "count0", "batch_size": "count1",
-          "warmup_steps": "count0", "warmup_lr": "rate", "max_steps": "count0", "lr": "rate",
-          "decay_steps": "count0", "fake_lr": "rate", "beta1": "beta", "beta2": "beta",
-          "n_aux": "count0", "w_vlm": "weight", "vlm_anneal": "weight", "w_dmd": "weight",
-          "cfg": "weight", "dmd_t_min": "prob", "p_nothing": "prob", "max_k": "count1",
-          "shift": "rate", "vlm_temp_ramp": "count0", "group_size": "count1", "kl_coef": "weight",
-          "ema": "prob", "grad_clip": "rate", "skip_grad_norm": "rate", "lora_rank": "count0",
-          "log_every": "count1", "grid_every": "count1", "ckpt_every": "count1",
-          "eval_n": "count0", "eval_every": "count0", "threads": "count0"}
+          "ref_init": "prob", "warmup_steps": "count0", "warmup_lr": "rate", "max_steps": "count0",
+          "lr": "rate", "decay_steps": "count0", "fake_lr": "rate", "beta1": "beta",
+          "beta2": "beta", "n_aux": "count0", "w_vlm": "weight", "vlm_anneal": "weight",
+          "w_dmd": "weight", "cfg": "weight", "dmd_t_min": "prob", "p_nothing": "prob",
+          "max_k": "count1", "shift": "rate", "vlm_temp_ramp": "count0", "group_size": "count1",
+          "kl_coef": "weight", "ema": "prob", "grad_clip": "rate", "skip_grad_norm": "rate",
+          "lora_rank": "count0", "log_every": "count1", "grid_every": "count1",
+          "ckpt_every": "count1", "eval_n": "count0", "eval_every": "count0", "threads": "count0"}
 ALLOWED = {"count1": (lambda v: v >= 1, "an integer >= 1"),
            "count0": (lambda v: v >= 0, "an integer >= 0"),
            "rate": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
@@ -93,15 +95,16 @@ ALLOWED = {"count1": (lambda v: v >= 1, "an integer >= 1"),
            "prob": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
            "beta": (lambda v: 0 <= v < 1, "a number in [0, 1)")}
 
-_REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, warmup_steps=5000,
-             warmup_lr=2e-5, max_steps=14000, lr=2e-5, cosine=False, decay_steps=0,
-             fake_lr=2e-5, n_aux=5, w_vlm=0.02, vlm_anneal=1.0, cfg=3.5, type_mix="", shift=6.0,
-             vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True, eval_n=0, log_every=10,
-             grid_every=500, ckpt_every=500)
+_REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, ref_init=0.0,
+             warmup_steps=5000, warmup_lr=2e-5, max_steps=14000, lr=2e-5, cosine=False,
+             decay_steps=0, fake_lr=2e-5, n_aux=5, w_vlm=0.02, vlm_anneal=1.0, cfg=3.5,
+             type_mix="", shift=6.0, vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True, eval_n=0,
+             log_every=10, grid_every=500, ckpt_every=500)
 PRESETS = {
     # the shipped prior and judge, 2 CPU cores; seeds 0 / 1 / 2 (1 thread, beside another run):
-    # success 0.734 / 0.714 / 0.742, preservation 0.964-0.980, realism 0.978-0.994, colour
-    # 0.54 / 0.39 / 0.35, removals 0.50 / 0.45 / 0.58 (docs/log.md, "Where the editor fails")
+    # success 0.768 / 0.760 / 0.732, preservation 0.976-0.982, realism 0.974-0.992, colour
+    # 0.39 / 0.39 / 0.28, removals 0.71 / 0.71 / 0.73 (docs/log.md, "Finding an object by its
+    # description")
     "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,

@@ -146,11 +146,16 @@ class Generator(torch.nn.Module):
     encoder, reading the instruction c. Initialised from the prior; trained by NP-Edit.
 
     The reference is concatenated along *channels* (InstructPix2Pix style): the patch embedding
-    gets extra input channels whose weights start at zero, so at init G is exactly the prior.
-    The paper concatenates reference tokens along the sequence instead; Sana's Mix-FFN runs a
-    3x3 depthwise conv over the token grid, so a second image in the sequence would need its own
-    grid, while channel concatenation keeps one grid and costs nothing extra. The reference is
-    always given clean and detached.
+    gets extra input channels. The paper concatenates reference tokens along the sequence
+    instead; Sana's Mix-FFN runs a 3x3 depthwise conv over the token grid, so a second image in
+    the sequence would need its own grid, while channel concatenation keeps one grid and costs
+    nothing extra. The reference is always given clean and detached.
+    ref_init a: the reference channels start as a share a of the prior's patch-embedding
+    weights and the noisy input's keep 1 - a, so at init G is the prior applied to
+    (1 - a) x_t + a y. a = 0 (zero init) makes G exactly the prior; a > 0 puts the reference in
+    the prior's own feature space, as the paper's sequence concatenation does, where the
+    prior already matches image content to words ("the red circle"; docs/log.md, "Finding an
+    object by its description")
 
     Text: the small world trains its tiny text encoder with the transformer (condition() gives
     token ids, encoded inside forward); real presets keep theirs frozen (text_cache, a
@@ -162,7 +167,7 @@ class Generator(torch.nn.Module):
         self.text_cache = text_cache
 
     @classmethod
-    def from_prior(cls, transformer, text_encoder, tokenizer, text_cache=None):
+    def from_prior(cls, transformer, text_encoder, tokenizer, text_cache=None, ref_init=0.0):
         import copy
         cfg = dict(transformer.config)
         c = cfg["in_channels"]
@@ -171,8 +176,8 @@ class Generator(torch.nn.Module):
         if t.dtype != transformer.dtype:
             t = t.to(transformer.dtype)
         sd = transformer.state_dict()
-        w = sd["patch_embed.proj.weight"]  # (D, c, p, p) -> (D, 2c, p, p), new half zero
-        sd["patch_embed.proj.weight"] = torch.cat([w, torch.zeros_like(w)], 1)
+        w = sd["patch_embed.proj.weight"]  # (D, c, p, p) -> (D, 2c, p, p): x_t's, y's
+        sd["patch_embed.proj.weight"] = torch.cat([(1 - ref_init) * w, ref_init * w], 1)
         t.load_state_dict(sd)
         t.set_attn_processor(transformer.attn_processors)  # softmax in the small world
         if text_cache is None:  # trained with the editor: its own copy, no dropout

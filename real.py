@@ -180,7 +180,8 @@ def training_models(cfg, device, frozen):
         judge = load_vlm(cfg.judge, cfg.tiny, cfg.judge_size, key="judge",
                          random_weights=cfg.random_weights)
     cache = TextCache(text_encoder.to(device, frozen).eval().requires_grad_(False), tok)
-    generator = M.Generator.from_prior(transformer, None, tok, text_cache=cache)
+    generator = M.Generator.from_prior(transformer, None, tok, text_cache=cache,
+                                       ref_init=cfg.ref_init)
     vae = vae.to(device, frozen).eval().requires_grad_(False)
     return (transformer, generator, judge, cache, lambda im: vae_encode(vae, im),
             lambda x: vae_decode(vae, x))

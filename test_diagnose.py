@@ -33,14 +33,45 @@ def test_heldout_split_of_known_editors():
         return [np.asarray(r) for r in refs]
     for fn, want in ((perfect, 1.0), (copy, 0.0)):
         split = diagnose.heldout_split(fn, 100)
-        for name in ("combo", "grammar", "place"):
+        for name in ("combo", "grammar", "place", "described"):
             for typ in ("all",) + tw.EDIT_TYPES:
                 # a side with no edits is nan (every addition names a place)
                 trained, held, n = split[name][typ]
                 assert all(v == want or np.isnan(v) for v in (trained, held)), (name, typ)
                 assert not np.isnan(held if n else trained), (name, typ)
-    assert all(0 < split[k]["all"][2] < 100 for k in ("combo", "grammar", "place"))
+    assert all(0 < split[k]["all"][2] < 100 for k in ("combo", "grammar", "place", "described"))
+    assert split["described"]["add"][2] == 0  # an addition names its place
 
+
+def test_phrasing_of_known_editors(capsys):
+    """A copier: success 0, every output a copy; an editor that recolours only when told where:
+    success 1 on the place wordings, 0 elsewhere. The judge is the shipped one: a copy is not done."""
+    import diagnose
+    import vlm_reward as V
+    judge = V.small_judge("assets/small/judge")
+
+    def copy(refs, instructions):
+        return [np.asarray(r) for r in refs]
+
+    def by_place(refs, instructions):
+        out = []
+        for r, ins in zip(refs, instructions):
+            scene = tw.parse(np.asarray(r))
+            (i, (_, s)), = scene.objects()
+            told = "at the" in ins or "in the" in ins
+            c = ins.split()[-1] if told else None
+            out.append(np.asarray(tw.render(tw.apply_edit(scene, "color", i, color=c).target))
+                       if told else np.asarray(r))
+        return out
+    for fn in (copy, by_place):
+        diagnose.phrasing(fn, judge, n=8)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * len(diagnose.PHRASINGS), lines
+    for line in lines[:len(diagnose.PHRASINGS)]:
+        assert "success 0.00 copies 1.00" in line and "judge at the copy: -" in line, line
+    for form, line in zip(diagnose.PHRASINGS, lines[len(diagnose.PHRASINGS):]):
+        want = "success 1.00 copies 0.00" if "{cell}" in form else "success 0.00 copies 1.00"
+        assert want in line, line
 
 def test_diagnose_measures_known_editors():
     import diagnose

@@ -43,7 +43,13 @@ def test_generator_starts_as_the_prior(tiny_models):
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.8])
     ids, mask = generator.condition(["top left red circle"] * 2)
     text = generator.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    fresh = M.Generator.from_prior(real_score, generator.text_encoder, generator.tokenizer)
+    y = torch.randn_like(x)
     with torch.no_grad():
-        assert torch.allclose(fresh(x, t, torch.randn_like(x), ids, mask),
-                              M.velocity(real_score, x, t, text, mask), atol=1e-5)
+        for a in (0.0, 0.5):  # zero init: the prior itself; a: the prior on (1 - a) x_t + a y
+            fresh = M.Generator.from_prior(real_score, generator.text_encoder,
+                                           generator.tokenizer, ref_init=a)
+            assert torch.allclose(fresh(x, t, y, ids, mask),
+                                  M.velocity(real_score, (1 - a) * x + a * y, t, text, mask),
+                                  atol=1e-5)
+        assert not torch.allclose(fresh(x, t, y, ids, mask), M.velocity(real_score, x, t, text,
+                                                                        mask), atol=1e-3)

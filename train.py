@@ -54,7 +54,8 @@ def load_models(cfg, device):
                                  f"assets/small/pretrain.py {what} (or pass --{what}=PATH)")
         transformer, text_encoder, tok = M.small_prior(cfg.prior)
         judge = V.small_judge(cfg.judge)
-        generator = M.Generator.from_prior(transformer, text_encoder, tok)
+        generator = M.Generator.from_prior(transformer, text_encoder, tok,
+                                           ref_init=cfg.ref_init)
         text_encoder = text_encoder.to(device).eval().requires_grad_(False)
 
         @torch.no_grad()

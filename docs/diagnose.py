@@ -4,6 +4,7 @@
     python docs/diagnose.py --judge assets/small/judge   # the judge alone (judge_slope)
     python docs/diagnose.py --attack <judge> [<judge> ...]   # docs/judge_attack.png (attack_grid)
     python docs/diagnose.py --failures out/small   # what the run did with each eval edit (failure_kinds)
+    python docs/diagnose.py --phrasing out/small   # one-object recolours worded 7 ways (phrasing)
 
 Prints, per edit type, on 48 training-split edits each (seeded):
   dmd    cosine between the DMD descent direction x0_real - x0_fake (dmd.py, the run's own fake
@@ -23,6 +24,7 @@ held-out colour x shape combination in the scene, toyworld.HELDOUT_COMBOS; the h
 and by whether the instruction names the object's place or only its colour or shape.
 """
 import copy
+import dataclasses
 import os
 import random
 import sys
@@ -116,15 +118,18 @@ def heldout_split(edit_fn, n=500):
     """Success per edit type on the first n eval edits, split by whether the scene holds a
     held-out combination, by whether the instruction uses the held-out grammar, and by whether
     it names a place ("place": a cell word, as in "the object at top right"; else the object is
-    named by colour or shape only). Prints, and returns {"combo"/"grammar"/"place": {type:
-    (success without, success with, n with)}}."""
+    named by colour or shape only), and by whether the editor must find it among two by its
+    colour or shape ("described"). Prints, and returns {split: {type: (success without, success
+    with, n with)}}."""
     edits = tt.eval_edits(n)
     _, images = tw.evaluate(edit_fn, edits)
     ok = [tw.score_edit(e, im)["success"] for e, im in zip(edits, images)]
     places = [w for words in tt.CELL_WORDS.values() for w in words]
     show = lambda v: "-" if np.isnan(v) else f"{v:.3f}"  # noqa: E731  (a side with no edits)
+    place = lambda e: any(w in e.instruction for w in places)  # noqa: E731
     splits = {"combo": tw.has_heldout_combo, "grammar": lambda e: e.heldout_grammar,
-              "place": lambda e: any(w in e.instruction for w in places)}
+              "place": place,  # and the object to find by its description alone:
+              "described": lambda e: len(e.reference.objects()) > 1 and not place(e)}
     out = {}
     for name, held in splits.items():
         out[name] = {}
@@ -134,7 +139,8 @@ def heldout_split(edit_fn, n=500):
             old = [s for h, s in rows if not h]
             out[name][typ] = (np.mean(old) if old else np.nan, np.mean(new) if new else np.nan,
                               len(new))
-        head = "without / with a place word" if name == "place" else f"trained / held-out {name}"
+        head = {"place": "without / with a place word", "described": "other / two objects, the "
+                "edited one named without a place word"}.get(name, f"trained / held-out {name}")
         print(f"success, {head} (n with): " + " | ".join(
             f"{t} {show(a)} / {show(b)} ({k})" for t, (a, b, k) in out[name].items()))
     return out
@@ -328,6 +334,36 @@ def main(run, n=48):
     heldout_split(M.editor_fn(gen, "cpu", cfg.shift), cfg.eval_n or 500)
 
 
+PHRASINGS = ("make the {c0} {s} {c}", "make the {s} {c}", "make it {c}", "recolor the {c0} {s} to {c}",
+             "the {s} should be {c} now", "make the {s} at the {cell} {c}",
+             "make the {s} in the {cell} {c}")
+
+
+def phrasing(edit_fn, judge, n=60):
+    """Recolours of one object, the same n scenes and targets worded each way of PHRASINGS (some
+    outside the grammar): the editor's success and share of copies, and at the copy the judge's
+    signed answer (+: done) and judge_direction. Does the editor need a place word, and does the
+    judge?"""
+    rng, cases = random.Random(0), []
+    while len(cases) < n:
+        scene = tw.random_scene(rng, "train", n_objects=1)
+        (i, (c0, s)), = scene.objects()
+        e = tw.apply_edit(scene, "color", cell=i, color=rng.choice([c for c in tw.COLORS if c != c0]))
+        if not tw.has_heldout_combo(e):
+            cases.append((e, dict(c0=c0, s=s, c=e.target.cells[i][0], cell=tw.CELLS[i])))
+    ref = tw.to_tensor([tw.render(e.reference) for e, _ in cases])
+    tgt = tw.to_tensor([tw.render(e.target) for e, _ in cases])
+    for form in PHRASINGS:
+        edits = [dataclasses.replace(e, instruction=form.format(**w)) for e, w in cases]
+        with torch.no_grad():
+            images = edit_fn([tw.render(e.reference) for e in edits], [e.instruction for e in edits])
+        ok = np.mean([tw.score_edit(e, im)["success"] for e, im in zip(edits, images)])
+        copies = np.mean([tw.parse(im) == e.reference for e, im in zip(edits, images)])
+        (mass, cos), _ = judge_direction(judge, ref, tgt, edits)
+        print(f"{form:32s} success {ok:.2f} copies {copies:.2f} | judge at the copy: "
+              f"{signed_answer(judge, ref, ref, edits, 0):+.1f}, -dL/dx mass {mass} cos {cos:+.2f}")
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--judge":
         judge_slope(sys.argv[2])
@@ -339,6 +375,9 @@ if __name__ == "__main__":
         _, images = tw.evaluate(M.editor_fn(gen, "cpu", cfg.shift), edits)
         for typ, c in failure_kinds(edits, images).items():
             print(f"{typ:10s} " + " ".join(f"{k} {v}" for k, v in c.most_common()))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--phrasing":
+        gen, cfg = load_editor(sys.argv[2])
+        phrasing(M.editor_fn(gen, "cpu", cfg.shift), V.small_judge(cfg.judge))
     elif len(sys.argv) == 2:
         main(sys.argv[1])
     else:
