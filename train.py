@@ -259,6 +259,11 @@ def main(argv):
     stage, step = "warmup", 0
     if os.path.exists(f"{ckpt}/state.json"):
         stage, step = load_checkpoint(ckpt, modules, opts, rng, fsdp)
+        if stage not in ("warmup", cfg.method):  # a finished warm-up is any method's start
+            if step:
+                raise SystemExit(f"error: {ckpt} is a --method={stage} run at step {step}, "
+                                 f"not --method={cfg.method}; use another --out_dir")
+            stage = cfg.method
         print0(f"resumed from {ckpt}: {stage} step {step}")
     gen, fake = generator, fake_score  # what the loop calls; raw modules kept for saving
     if ddp and not fsdp:
