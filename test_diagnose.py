@@ -45,7 +45,7 @@ def test_heldout_split_of_known_editors():
 
 def test_phrasing_of_known_editors(capsys):
     """A copier: success 0, every output a copy; an editor that recolours only when told where:
-    success 1 on the place wordings, 0 elsewhere. The judge is the shipped one: a copy is not done."""
+    success 1 on the place wordings, 0 elsewhere. The shipped judge: a copy is not done."""
     import diagnose
     import vlm_reward as V
     judge = V.small_judge("assets/small/judge")
@@ -57,11 +57,10 @@ def test_phrasing_of_known_editors(capsys):
         out = []
         for r, ins in zip(refs, instructions):
             scene = tw.parse(np.asarray(r))
-            (i, (_, s)), = scene.objects()
-            told = "at the" in ins or "in the" in ins
-            c = ins.split()[-1] if told else None
-            out.append(np.asarray(tw.render(tw.apply_edit(scene, "color", i, color=c).target))
-                       if told else np.asarray(r))
+            (i, _), = scene.objects()
+            if "at the" in ins or "in the" in ins:  # the colour asked for is the last word
+                r = tw.render(tw.apply_edit(scene, "color", i, color=ins.split()[-1]).target)
+            out.append(np.asarray(r))
         return out
     for fn in (copy, by_place):
         diagnose.phrasing(fn, judge, n=8)
@@ -72,6 +71,7 @@ def test_phrasing_of_known_editors(capsys):
     for form, line in zip(diagnose.PHRASINGS, lines[len(diagnose.PHRASINGS):]):
         want = "success 1.00 copies 0.00" if "{cell}" in form else "success 0.00 copies 1.00"
         assert want in line, line
+
 
 def test_diagnose_measures_known_editors():
     import diagnose

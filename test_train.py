@@ -138,6 +138,7 @@ def test_a_run_resumes_only_under_its_own_method(tmp_path):
     r = _run([f"--out_dir={tmp_path}", "--method=sft", "--max_steps=4"])
     assert r.returncode == 1 and "is a --method=npedit run at step 2" in r.stderr, r.stderr[-2000:]
 
+
 def test_a_kill_between_the_two_renames_of_a_save_still_resumes(tmp_path, monkeypatch):
     """atomic_save_dir moves ckpt/ to ckpt.old/, then the new one in: a kill between the two
     leaves no ckpt/. The next run must resume from ckpt.old/, not start from scratch."""

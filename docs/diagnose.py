@@ -334,9 +334,9 @@ def main(run, n=48):
     heldout_split(M.editor_fn(gen, "cpu", cfg.shift), cfg.eval_n or 500)
 
 
-PHRASINGS = ("make the {c0} {s} {c}", "make the {s} {c}", "make it {c}", "recolor the {c0} {s} to {c}",
-             "the {s} should be {c} now", "make the {s} at the {cell} {c}",
-             "make the {s} in the {cell} {c}")
+PHRASINGS = ("make the {c0} {s} {c}", "make the {s} {c}", "make it {c}",
+             "recolor the {c0} {s} to {c}", "the {s} should be {c} now",
+             "make the {s} at the {cell} {c}", "make the {s} in the {cell} {c}")
 
 
 def phrasing(edit_fn, judge, n=60):
@@ -348,20 +348,22 @@ def phrasing(edit_fn, judge, n=60):
     while len(cases) < n:
         scene = tw.random_scene(rng, "train", n_objects=1)
         (i, (c0, s)), = scene.objects()
-        e = tw.apply_edit(scene, "color", cell=i, color=rng.choice([c for c in tw.COLORS if c != c0]))
+        c = rng.choice([k for k in tw.COLORS if k != c0])
+        e = tw.apply_edit(scene, "color", cell=i, color=c)
         if not tw.has_heldout_combo(e):
-            cases.append((e, dict(c0=c0, s=s, c=e.target.cells[i][0], cell=tw.CELLS[i])))
-    ref = tw.to_tensor([tw.render(e.reference) for e, _ in cases])
-    tgt = tw.to_tensor([tw.render(e.target) for e, _ in cases])
+            cases.append((e, dict(c0=c0, s=s, c=c, cell=tw.CELLS[i])))
+    refs = [tw.render(e.reference) for e, _ in cases]
+    ref, tgt = tw.to_tensor(refs), tw.to_tensor([tw.render(e.target) for e, _ in cases])
     for form in PHRASINGS:
         edits = [dataclasses.replace(e, instruction=form.format(**w)) for e, w in cases]
         with torch.no_grad():
-            images = edit_fn([tw.render(e.reference) for e in edits], [e.instruction for e in edits])
+            images = edit_fn(refs, [e.instruction for e in edits])
         ok = np.mean([tw.score_edit(e, im)["success"] for e, im in zip(edits, images)])
         copies = np.mean([tw.parse(im) == e.reference for e, im in zip(edits, images)])
         (mass, cos), _ = judge_direction(judge, ref, tgt, edits)
+        answer = signed_answer(judge, ref, ref, edits, 0)
         print(f"{form:32s} success {ok:.2f} copies {copies:.2f} | judge at the copy: "
-              f"{signed_answer(judge, ref, ref, edits, 0):+.1f}, -dL/dx mass {mass} cos {cos:+.2f}")
+              f"{answer:+.1f}, -dL/dx mass {mass} cos {cos:+.2f}")
 
 
 if __name__ == "__main__":
