@@ -53,6 +53,7 @@ class Config:
     cfg: float = 3.0                     # real score CFG scale
     cfg_by_type: str = ""                # per edit type, e.g. "add=8,color=5" (others: cfg)
     type_mix: str = "add=2"              # small world: edit-type weights, e.g. "add=2" (others 1)
+    vlm_by_type: str = ""                # L_vlm's weight per edit type, e.g. "color=2" (others 1)
     dmd_t_min: float = 0.02              # DMD's t ~ U[dmd_t_min, 0.98]
     p_nothing: float = 0.01              # "do nothing" samples with an MSE(x0, y) term
     max_k: int = 4                       # unroll: k ~ U{1..max_k} of the 4-step schedule
@@ -135,7 +136,7 @@ def check(cfg):
     if cfg.method == "grpo" and cfg.batch_size % cfg.group_size:
         raise SystemExit(f"error: --batch_size ({cfg.batch_size}) must be a multiple of "
                          f"--group_size ({cfg.group_size})")
-    for key in ("cfg_by_type", "type_mix"):
+    for key in ("cfg_by_type", "type_mix", "vlm_by_type"):
         try:
             per = per_type(getattr(cfg, key))
         except ValueError as e:
@@ -214,6 +215,13 @@ def cfg_scales(cfg, types):
     (the reimplementation uses two scales by edit type, docs/method.md)."""
     per = per_type(cfg.cfg_by_type)
     return [per.get(t, cfg.cfg) for t in types]
+
+
+def vlm_weights(cfg, types):
+    """L_vlm's weight for each sample's edit type: its vlm_by_type entry, else 1 (None when
+    vlm_by_type is empty)."""
+    per = per_type(cfg.vlm_by_type)
+    return [per.get(t, 1.0) for t in types] if per else None
 
 
 def type_weights(cfg):

@@ -4,7 +4,7 @@ import pytest
 
 import toyworld as tw
 import train
-from config import cfg_scales, parse_args
+from config import cfg_scales, parse_args, vlm_weights
 
 
 def test_overrides_are_type_checked():
@@ -27,6 +27,14 @@ def test_cfg_by_type_sets_the_real_score_scale_per_sample():
         parse_args(["--config", "tiny", "--cfg_by_type=add8"])
     with pytest.raises(SystemExit, match="unknown edit type 'adds'"):
         parse_args(["--config", "tiny", "--cfg_by_type=adds=8"])
+
+
+def test_vlm_by_type_weights_the_judge_loss_per_sample():
+    _, cfg = parse_args(["--config", "tiny", "--vlm_by_type=color=2"])
+    assert vlm_weights(cfg, ["add", "color", "remove"]) == [1.0, 2.0, 1.0]
+    assert vlm_weights(parse_args(["--config", "tiny"])[1], ["add"]) is None
+    with pytest.raises(SystemExit, match="unknown edit type 'colour'"):
+        parse_args(["--config", "tiny", "--vlm_by_type=colour=2"])
 
 
 def test_type_mix_weights_the_training_edit_types():

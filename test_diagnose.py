@@ -183,3 +183,12 @@ def test_target_answers_of_the_shipped_judge():
                                                                           ("add", 2)}, ans
     assert all(a[0] > 0.65 and a[1] > 0.85 for k, a in ans.items() if k[1] == 1), ans
     assert ans[("color", 2)][0] < 0.5 and ans[("shape", 2)][0] < 0.5, ans
+
+
+def test_diagnose_command_line_errors_are_one_line():
+    import subprocess
+    script = os.path.join(HERE, "docs", "diagnose.py")
+    for args, want in ((["--help"], "python docs/diagnose.py out/small"),
+                       (["--failures", "/no/such/run"], "error: no checkpoint in '/no/such/run'")):
+        r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+        assert r.returncode == 1 and want in r.stderr and "Traceback" not in r.stderr, r.stderr

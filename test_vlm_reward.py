@@ -67,3 +67,19 @@ def test_vlm_loss_gradient_reaches_generated_pixels_not_reference(judge):
     V.vlm_loss(judge, ref, x, instr, ["color", "remove", "add"]).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert ref.grad is None
+
+
+def test_vlm_loss_weights_scale_each_sample_and_only_its_own_gradient(judge):
+    """weights=(2, 0, 1): the first sample's loss counts twice, the second's not at all."""
+    torch.manual_seed(1)
+    ref, x = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32, requires_grad=True)
+    instr = ["make the red circle blue", "remove the green square", "add a red square at top left"]
+    types = ["color", "remove", "add"]
+    plain = V.vlm_loss(judge, ref, x, instr, types)
+    weighted = V.vlm_loss(judge, ref, x, instr, types, weights=torch.tensor([2.0, 0.0, 1.0]))
+    alone = [V.vlm_loss(judge, ref[i:i + 1], x[i:i + 1], instr[i:i + 1], types[i:i + 1])
+             for i in range(3)]
+    assert torch.allclose(plain, sum(alone) / 3, atol=1e-5)
+    assert torch.allclose(weighted, (2 * alone[0] + alone[2]) / 3, atol=1e-5)
+    weighted.backward()
+    assert x.grad[1].abs().sum() == 0 and x.grad[0].abs().sum() > 0

@@ -237,19 +237,22 @@ def answer_logits(judge, reference, edited, instructions, types, objects=None, r
 
 
 def vlm_loss(judge, reference, edited, instructions, types, objects=None, ref_features=None,
-             temperature=1.0, full_vocab=False, slots=(0, 1)):
+             temperature=1.0, full_vocab=False, slots=(0, 1), weights=None):
     """L_vlm = mean over samples and their two questions of -log sigmoid(+-(l_yes - l_no)),
     i.e. binary cross-entropy on the yes/no logits (full_vocab=True: cross-entropy over the whole
     vocabulary, the paper's ablation); temperature scales the logits (docs/method.md, the ramp).
     reference, edited: (B, 3, H, W) in [-1, 1]; types: each sample's edit type; objects: each
     removal's object (None: read off the instruction). slots: which of the two questions to ask
-    ((0,) drops the identity question, an ablation)."""
+    ((0,) drops the identity question, an ablation); weights: (B,) a factor per sample (None: 1),
+    e.g. one per edit type."""
     losses = []
-    for _, d, full, want in answer_logits(judge, reference, edited, instructions, types, objects,
+    for idx, d, full, want in answer_logits(judge, reference, edited, instructions, types, objects,
                                           ref_features, slots):
         if full_vocab:
             target = torch.where(want, judge.yes_id, judge.no_id)
             losses.append(F.cross_entropy(full * temperature, target, reduction="none"))
         else:
             losses.append(-F.logsigmoid((want.float() * 2 - 1) * d * temperature))
+        if weights is not None:
+            losses[-1] = losses[-1] * weights[idx]
     return torch.cat(losses).mean()

@@ -366,21 +366,29 @@ def phrasing(edit_fn, judge, n=60):
               f"{answer:+.1f}, -dL/dx mass {mass} cos {cos:+.2f}")
 
 
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--judge":
-        judge_slope(sys.argv[2])
-    elif len(sys.argv) >= 3 and sys.argv[1] == "--attack":
-        attack_grid(sys.argv[2:])
-    elif len(sys.argv) == 3 and sys.argv[1] == "--failures":
-        gen, cfg = load_editor(sys.argv[2])
+def cli(argv):
+    """The command line of the module docstring; a bad argument is its usage."""
+    if len(argv) == 3 and argv[1] == "--judge":
+        judge_slope(argv[2])
+    elif len(argv) >= 3 and argv[1] == "--attack":
+        attack_grid(argv[2:])
+    elif len(argv) == 3 and argv[1] == "--failures":
+        gen, cfg = load_editor(argv[2])
         edits = tt.eval_edits(cfg.eval_n or 500)
         _, images = tw.evaluate(M.editor_fn(gen, "cpu", cfg.shift), edits)
         for typ, c in failure_kinds(edits, images).items():
             print(f"{typ:10s} " + " ".join(f"{k} {v}" for k, v in c.most_common()))
-    elif len(sys.argv) == 3 and sys.argv[1] == "--phrasing":
-        gen, cfg = load_editor(sys.argv[2])
+    elif len(argv) == 3 and argv[1] == "--phrasing":
+        gen, cfg = load_editor(argv[2])
         phrasing(M.editor_fn(gen, "cpu", cfg.shift), V.small_judge(cfg.judge))
-    elif len(sys.argv) == 2:
-        main(sys.argv[1])
+    elif len(argv) == 2 and not argv[1].startswith("-"):
+        main(argv[1])
     else:
         raise SystemExit(__doc__.split("\n\n")[1])
+
+
+if __name__ == "__main__":
+    try:
+        cli(sys.argv)
+    except (FileNotFoundError, ValueError) as e:  # a missing or foreign run: one line
+        raise SystemExit(f"error: {e}")
