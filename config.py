@@ -54,6 +54,7 @@ class Config:
     cfg_by_type: str = ""                # per edit type, e.g. "add=8,color=5" (others: cfg)
     type_mix: str = "add=2"              # small world: edit-type weights, e.g. "add=2" (others 1)
     vlm_by_type: str = ""                # L_vlm's weight per edit type, e.g. "color=2" (others 1)
+    vlm_by_type_from: int = 0            # the step from which vlm_by_type applies (before: 1)
     dmd_t_min: float = 0.02              # DMD's t ~ U[dmd_t_min, 0.98]
     p_nothing: float = 0.01              # "do nothing" samples with an MSE(x0, y) term
     max_k: int = 4                       # unroll: k ~ U{1..max_k} of the 4-step schedule
@@ -85,7 +86,8 @@ RANGES = {"resolution": "count1", "judge_size": "count1", "seed": "count0", "bat
           "lr": "rate", "decay_steps": "count0", "fake_lr": "rate", "beta1": "beta",
           "beta2": "beta", "n_aux": "count0", "w_vlm": "weight", "vlm_anneal": "weight",
           "w_dmd": "weight", "cfg": "weight", "dmd_t_min": "prob", "p_nothing": "prob",
-          "max_k": "count1", "shift": "rate", "vlm_temp_ramp": "count0", "group_size": "count1",
+          "vlm_by_type_from": "count0", "max_k": "count1", "shift": "rate",
+          "vlm_temp_ramp": "count0", "group_size": "count1",
           "kl_coef": "weight", "ema": "prob", "grad_clip": "rate", "skip_grad_norm": "rate",
           "lora_rank": "count0", "log_every": "count1", "grid_every": "count1",
           "ckpt_every": "count1", "eval_n": "count0", "eval_every": "count0", "threads": "count0"}
@@ -217,10 +219,10 @@ def cfg_scales(cfg, types):
     return [per.get(t, cfg.cfg) for t in types]
 
 
-def vlm_weights(cfg, types):
+def vlm_weights(cfg, types, step=0):
     """L_vlm's weight for each sample's edit type: its vlm_by_type entry, else 1 (None when
-    vlm_by_type is empty)."""
-    per = per_type(cfg.vlm_by_type)
+    vlm_by_type is empty or step is before vlm_by_type_from)."""
+    per = per_type(cfg.vlm_by_type) if step >= cfg.vlm_by_type_from else None
     return [per.get(t, 1.0) for t in types] if per else None
 
 

@@ -33,6 +33,8 @@ def test_vlm_by_type_weights_the_judge_loss_per_sample():
     _, cfg = parse_args(["--config", "tiny", "--vlm_by_type=color=2"])
     assert vlm_weights(cfg, ["add", "color", "remove"]) == [1.0, 2.0, 1.0]
     assert vlm_weights(parse_args(["--config", "tiny"])[1], ["add"]) is None
+    _, cfg = parse_args(["--config", "tiny", "--vlm_by_type=color=2", "--vlm_by_type_from=10"])
+    assert vlm_weights(cfg, ["color"], 9) is None and vlm_weights(cfg, ["color"], 10) == [2.0]
     with pytest.raises(SystemExit, match="unknown edit type 'colour'"):
         parse_args(["--config", "tiny", "--vlm_by_type=colour=2"])
 

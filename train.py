@@ -137,7 +137,7 @@ def generator_losses(cfg, gen, S, b, step):
     terms = {"vlm": zero, "dmd": zero, "nothing": zero}
     edit = (~nothing).nonzero().flatten().tolist()
     if edit and cfg.w_vlm:  # eq. L_vlm: the judge reads pixels (real presets: decoded, with grad)
-        w = vlm_weights(cfg, [b.types[i] for i in edit])
+        w = vlm_weights(cfg, [b.types[i] for i in edit], step)
         terms["vlm"] = V.vlm_loss(S.judge, b.reference[edit], S.to_pixels(x[edit]),
                                   *([getattr(b, f)[i] for i in edit] for f in
                                     ("instructions", "types", "objects")),
