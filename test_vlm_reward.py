@@ -76,7 +76,7 @@ def test_vlm_loss_weights_scale_each_sample_and_only_its_own_gradient(judge):
     instr = ["make the red circle blue", "remove the green square", "add a red square at top left"]
     types = ["color", "remove", "add"]
     plain = V.vlm_loss(judge, ref, x, instr, types)
-    weighted = V.vlm_loss(judge, ref, x, instr, types, weights=torch.tensor([2.0, 0.0, 1.0]))
+    weighted = V.vlm_loss(judge, ref, x, instr, types, weights=[2.0, 0.0, 1.0])
     alone = [V.vlm_loss(judge, ref[i:i + 1], x[i:i + 1], instr[i:i + 1], types[i:i + 1])
              for i in range(3)]
     assert torch.allclose(plain, sum(alone) / 3, atol=1e-5)

@@ -137,13 +137,12 @@ def generator_losses(cfg, gen, S, b, step):
     terms = {"vlm": zero, "dmd": zero, "nothing": zero}
     edit = (~nothing).nonzero().flatten().tolist()
     if edit and cfg.w_vlm:  # eq. L_vlm: the judge reads pixels (real presets: decoded, with grad)
-        w = vlm_weights(cfg, [b.types[i] for i in edit], step)
         terms["vlm"] = V.vlm_loss(S.judge, b.reference[edit], S.to_pixels(x[edit]),
                                   *([getattr(b, f)[i] for i in edit] for f in
                                     ("instructions", "types", "objects")),
                                   temperature=vlm_temperature(cfg, step), full_vocab=cfg.full_vocab,
                                   slots=(0, 1) if cfg.identity_question else (0,),
-                                  weights=None if w is None else torch.tensor(w, device=x.device))
+                                  weights=vlm_weights(cfg, [b.types[i] for i in edit], step))
     if cfg.w_dmd:  # eq. L_dmd: real score with CFG (a scale per sample) vs the fake score, at c_x
         scales = cfg_scales(cfg, b.types)
         terms["dmd"] = dmd.dmd_loss(

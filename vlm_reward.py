@@ -243,16 +243,17 @@ def vlm_loss(judge, reference, edited, instructions, types, objects=None, ref_fe
     vocabulary, the paper's ablation); temperature scales the logits (docs/method.md, the ramp).
     reference, edited: (B, 3, H, W) in [-1, 1]; types: each sample's edit type; objects: each
     removal's object (None: read off the instruction). slots: which of the two questions to ask
-    ((0,) drops the identity question, an ablation); weights: (B,) a factor per sample (None: 1),
+    ((0,) drops the identity question, an ablation); weights: B factors, one per sample (None: 1),
     e.g. one per edit type."""
     losses = []
-    for idx, d, full, want in answer_logits(judge, reference, edited, instructions, types, objects,
-                                          ref_features, slots):
+    groups = answer_logits(judge, reference, edited, instructions, types, objects, ref_features,
+                           slots)
+    for idx, d, full, want in groups:
         if full_vocab:
             target = torch.where(want, judge.yes_id, judge.no_id)
             losses.append(F.cross_entropy(full * temperature, target, reduction="none"))
         else:
             losses.append(-F.logsigmoid((want.float() * 2 - 1) * d * temperature))
         if weights is not None:
-            losses[-1] = losses[-1] * weights[idx]
+            losses[-1] = losses[-1] * torch.as_tensor(weights, device=d.device)[idx]
     return torch.cat(losses).mean()
