@@ -30,9 +30,9 @@ def test_cfg_by_type_sets_the_real_score_scale_per_sample():
 
 
 def test_vlm_by_type_weights_the_judge_loss_per_sample():
-    _, cfg = parse_args(["--config", "tiny", "--vlm_by_type=color=2"])
+    _, cfg = parse_args(["--config", "tiny", "--vlm_by_type=color=2", "--vlm_by_type_from=0"])
     assert vlm_weights(cfg, ["add", "color", "remove"]) == [1.0, 2.0, 1.0]
-    assert vlm_weights(parse_args(["--config", "tiny"])[1], ["add"]) is None
+    assert vlm_weights(parse_args(["--config", "tiny", "--vlm_by_type="])[1], ["add"]) is None
     _, cfg = parse_args(["--config", "tiny", "--vlm_by_type=color=2", "--vlm_by_type_from=10"])
     assert vlm_weights(cfg, ["color"], 9) is None and vlm_weights(cfg, ["color"], 10) == [2.0]
     with pytest.raises(SystemExit, match="unknown edit type 'colour'"):
