@@ -246,14 +246,15 @@ def vlm_loss(judge, reference, edited, instructions, types, objects=None, ref_fe
     ((0,) drops the identity question, an ablation); weights: B factors, one per sample (None: 1),
     e.g. one per edit type."""
     losses = []
-    groups = answer_logits(judge, reference, edited, instructions, types, objects, ref_features,
-                           slots)
-    for idx, d, full, want in groups:
+    if weights is not None:
+        weights = torch.as_tensor(weights, dtype=torch.float32, device=edited.device)
+    for idx, d, full, want in answer_logits(judge, reference, edited, instructions, types, objects,
+                                          ref_features, slots):
         if full_vocab:
             target = torch.where(want, judge.yes_id, judge.no_id)
             losses.append(F.cross_entropy(full * temperature, target, reduction="none"))
         else:
             losses.append(-F.logsigmoid((want.float() * 2 - 1) * d * temperature))
         if weights is not None:
-            losses[-1] = losses[-1] * torch.as_tensor(weights, device=d.device)[idx]
+            losses[-1] = losses[-1] * weights[idx]
     return torch.cat(losses).mean()
