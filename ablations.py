@@ -1,6 +1,6 @@
 """The paper's comparisons, reproduced in the small world with its exact oracle, in one command.
 
-    python ablations.py                          # every row; 3 seeds for NP-Edit, DMD only, SFT 4x
+    python ablations.py          # every row; 3 seeds for NP-Edit, DMD only, SFT 4x, full-vocab CE
     python ablations.py --rows npedit dmd_only --seeds 0 --max_steps=100   # a quick look
 
 Every row starts from the same identity warm-up (trained once per seed, then copied), runs the
@@ -44,7 +44,7 @@ ROWS = {
 }
 STEPS_TIMES = {"sft_4x": 4}  # rows that run a multiple of the shared max_steps
 BUDGET = {"small": []}  # per config: flags every row gets (none: the preset as shipped)
-MULTI_SEED = ("npedit", "dmd_only", "sft_4x")
+MULTI_SEED = ("npedit", "dmd_only", "sft_4x", "full_vocab")
 
 
 def train(out_dir, args, config="small"):
