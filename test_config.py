@@ -37,6 +37,13 @@ def test_vlm_by_type_weights_the_judge_loss_per_sample():
     assert vlm_weights(cfg, ["color"], 9) is None and vlm_weights(cfg, ["color"], 10) == [2.0]
     with pytest.raises(SystemExit, match="unknown edit type 'colour'"):
         parse_args(["--config", "tiny", "--vlm_by_type=colour=2"])
+    # as shipped: the small preset weighs recolours 6x and removals 2x from step 1,000 on;
+    # the real presets weigh every type alike (docs/method.md, "Hyperparameters")
+    small = parse_args(["--config", "small"])[1]
+    assert vlm_weights(small, ["color", "remove", "add"], 999) is None
+    assert vlm_weights(small, ["color", "remove", "add"], 1000) == [6.0, 2.0, 1.0]
+    for name in ("base", "large"):
+        assert vlm_weights(parse_args(["--config", name])[1], ["color"], 10**6) is None
 
 
 def test_type_mix_weights_the_training_edit_types():
