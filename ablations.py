@@ -1,6 +1,7 @@
 """The paper's comparisons, reproduced in the small world with its exact oracle, in one command.
 
-    python ablations.py          # every row; 3 seeds for NP-Edit, DMD only, SFT 4x, full-vocab CE
+    python ablations.py --jobs=2 --threads=1   # every row, two runs at once on 2 cores; 3 seeds
+                                               # for NP-Edit, DMD only, SFT 4x, full-vocab CE
     python ablations.py --rows npedit dmd_only --seeds 0 --max_steps=100   # a quick look
 
 Every row starts from the same identity warm-up (trained once per seed, then copied), runs the
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from config import parse_args
 
@@ -105,39 +107,50 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--root", default="out/ablations")
     p.add_argument("--config", default="small", help="the preset every row starts from")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (2 cores: --jobs=2 "
+                   "--threads=1)")
     a, extra = p.parse_known_args(argv)  # any other --key=value goes to every run
     a.extra = BUDGET.get(a.config, []) + extra
     t0, results = time.time(), {}
-    for seed in a.seeds:  # the shared warm-up, once per seed (max_steps=0: warm-up only)
+
+    def warmup(seed):  # the shared warm-up, once per seed (max_steps=0: warm-up only)
         warm = f"{a.root}/warmup_s{seed}"
         if not os.path.exists(f"{warm}/warmup_metrics.json"):
             wall = train(warm, [f"--seed={seed}", "--max_steps=0", *a.extra], a.config)
             json.dump({"wall_s": wall}, open(f"{warm}/wall.json", "w"))
-    for row in a.rows:
-        for seed in (a.seeds if row in MULTI_SEED else a.seeds[:1]):
-            out = f"{a.root}/{row}_s{seed}"
-            if not os.path.exists(f"{out}/metrics.json"):
-                shutil.rmtree(out, ignore_errors=True)
-                shutil.copytree(f"{a.root}/warmup_s{seed}/ckpt", f"{out}/ckpt")
-                shutil.copy(f"{a.root}/warmup_s{seed}/warmup_metrics.json", out)
-                args = [f"--seed={seed}", *ROWS[row][1], *a.extra]
-                if row in STEPS_TIMES:
-                    _, cfg = parse_args(["--config", a.config, *args])
-                    args.append(f"--max_steps={STEPS_TIMES[row] * cfg.max_steps}")
-                wall = train(out, args, a.config)
-                json.dump({"wall_s": wall}, open(f"{out}/wall.json", "w"))
-            wall = json.load(open(f"{out}/wall.json"))["wall_s"]
-            results.setdefault(row, []).append((json.load(open(f"{out}/metrics.json")), wall, seed))
-            print(f"{row} seed {seed}: success {results[row][-1][0]['overall']['success']:.3f}"
-                  f" ({wall / 60:.1f} min)")
+
+    def run(row, seed):
+        out = f"{a.root}/{row}_s{seed}"
+        if not os.path.exists(f"{out}/metrics.json"):
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(f"{a.root}/warmup_s{seed}/ckpt", f"{out}/ckpt")
+            shutil.copy(f"{a.root}/warmup_s{seed}/warmup_metrics.json", out)
+            args = [f"--seed={seed}", *ROWS[row][1], *a.extra]
+            if row in STEPS_TIMES:
+                _, cfg = parse_args(["--config", a.config, *args])
+                args.append(f"--max_steps={STEPS_TIMES[row] * cfg.max_steps}")
+            wall = train(out, args, a.config)
+            json.dump({"wall_s": wall}, open(f"{out}/wall.json", "w"))
+        m, wall = json.load(open(f"{out}/metrics.json")), json.load(open(f"{out}/wall.json"))
+        print(f"{row} seed {seed}: success {m['overall']['success']:.3f}"
+              f" ({wall['wall_s'] / 60:.1f} min)", flush=True)
+        return m, wall["wall_s"], seed
+
+    todo = [(row, seed) for row in a.rows for seed in
+            (a.seeds if row in MULTI_SEED else a.seeds[:1])]
+    with ThreadPoolExecutor(a.jobs) as pool:  # each job is a train.py process
+        list(pool.map(warmup, a.seeds))
+        for (row, _), r in zip(todo, list(pool.map(lambda t: run(*t), todo))):
+            results.setdefault(row, []).append(r)
     md = table(results)
-    warm = statistics.mean(json.load(open(f"{a.root}/warmup_s{s}/wall.json"))["wall_s"]
-                           for s in a.seeds) / 60
+    warms = [json.load(open(f"{a.root}/warmup_s{s}/wall.json"))["wall_s"] for s in a.seeds]
     md += (f"\n\nEvery run starts from the same identity warm-up per seed (with its eval:"
-           f" {warm:.1f} min, not included in min/run).")
+           f" {statistics.mean(warms) / 60:.1f} min, not included in min/run).")
+    runs = sum(r[1] for rs in results.values() for r in rs) + sum(warms)
     cmd = "python ablations.py " + " ".join(argv if argv is not None else sys.argv[1:])
     open(f"{a.root}/results.md", "w").write(
-        f"{md}\n\n`{cmd.strip()}`: {(time.time() - t0) / 60:.0f} min in all.\n")
+        f"{md}\n\n`{cmd.strip()}`: {runs / 60:.0f} min of runs in all (warm-ups included), "
+        f"{(time.time() - t0) / 60:.0f} min of wall clock in this call.\n")
     grid(results, a.root)
     print(md)
     print(f"wrote {a.root}/results.md and {a.root}/grid.png")

@@ -9,7 +9,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_ablation_runner_writes_table_and_grid(tmp_path):
     r = subprocess.run([sys.executable, "ablations.py", "--config", "tiny", "--rows", "npedit",
                         "sft_4x", "--seeds", "0", "--root", str(tmp_path),
-                        "--threads=1", "--eval_n=20"], cwd=HERE, capture_output=True, text=True,
+                        "--threads=1", "--jobs=2", "--eval_n=20"], cwd=HERE, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-2000:]
     md = (tmp_path / "results.md").read_text()

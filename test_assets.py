@@ -23,20 +23,20 @@ def test_shipped_prior_draws_its_captions():
     (docs/log.md, "The prior": 256 scenes)."""
     torch.manual_seed(0)
     transformer, text_encoder, tok = M.load_prior(f"{ASSETS}/prior")
-    assert len(transformer.transformer_blocks) == 4
+    assert len(transformer.transformer_blocks) == 2
     ok, exact = P.prior_captions(transformer.eval(), text_encoder.eval(), tok,
                                  P.heldout_prompt_scenes()[:32])
     assert ok >= 0.75 and exact >= 0.8, (ok, exact)
 
 
 def test_small_preset_loads_shipped_models():
-    """`python train.py --config small` trains on shipped folders: the 4-layer prior and the
+    """`python train.py --config small` trains on shipped folders: the 2-layer prior and the
     judge, both loaded offline."""
     from config import parse_args
     _, cfg = parse_args(["--config", "small"])
     here = os.path.dirname(os.path.abspath(__file__))
     transformer, _, _ = M.small_prior(os.path.join(here, cfg.prior))
-    assert len(transformer.transformer_blocks) == 4
+    assert len(transformer.transformer_blocks) == 2
     V.small_judge(os.path.join(here, cfg.judge))  # raises if the folder is missing or broken
 
 

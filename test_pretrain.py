@@ -210,11 +210,11 @@ def test_projected_adversarial_labels_follow_the_edit(monkeypatch):
 def test_pretrain_prior_resumes(tmp_path):
     """A killed prior run continues from its state file (which holds a random.Random)."""
     run = [sys.executable, "assets/small/pretrain.py", "prior", "--batch", "4", "--eval_every", "1",
-           "--eval_n", "2", "--threads", "1", "--layers", "2",
+           "--eval_n", "2", "--threads", "1", "--layers", "1",
            "--out", str(tmp_path / "prior"), "--state_dir", str(tmp_path / "state")]
     r = subprocess.run(run + ["--steps", "2"], capture_output=True, text=True, cwd=HERE)
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run(run + ["--steps", "3", "--resume"], capture_output=True, text=True, cwd=HERE)
     assert r.returncode == 0 and "resumed at step 2" in r.stdout, r.stderr[-2000:]
     assert "step 3 |" in r.stdout + r.stderr and os.path.isdir(tmp_path / "prior" / "transformer")
-    assert len(M.load_prior(str(tmp_path / "prior"))[0].transformer_blocks) == 2  # --layers
+    assert len(M.load_prior(str(tmp_path / "prior"))[0].transformer_blocks) == 1  # --layers

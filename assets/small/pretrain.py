@@ -352,7 +352,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("what", choices=["prior", "judge"])
     p.add_argument("--steps", type=int, default=None, help="default: prior 7500, judge 6000")
-    p.add_argument("--layers", type=int, default=4, help="prior: transformer blocks")
+    p.add_argument("--layers", type=int, default=2, help="prior: transformer blocks")
     p.add_argument("--width", type=int, default=128, help="prior: transformer width (32 per head)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
