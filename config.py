@@ -104,10 +104,9 @@ _REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, ref_init
              type_mix="", vlm_by_type="", shift=6.0, vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True,
              eval_n=0, log_every=10, grid_every=500, ckpt_every=500)
 PRESETS = {
-    # the shipped prior and judge, 2 CPU cores; seeds 0 (2 threads) / 1 / 2 (1 thread, beside
-    # another run): success 0.880 / 0.888 / 0.900, preservation 0.980-0.984, realism 0.908-0.954,
-    # colour 0.78 / 0.87 / 0.86, removals 0.79 / 0.84 / 0.87; seed 0 at 1 thread: 0.770, removals
-    # 0.40, realism 0.872 (docs/log.md, "A 2-layer prior")
+    # the shipped prior and judge, 2 CPU cores, 2 threads, seeds 0 / 1 / 2: success 0.880 / 0.856 /
+    # 0.866, preservation 0.978-0.982, realism 0.908-0.920, every type >= 0.74, 15.8-18.0 min; at 1
+    # thread: 0.770 (removals 0.40, realism 0.872) / 0.888 / 0.900 (docs/log.md, "A 2-layer prior")
     "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,
