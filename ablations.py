@@ -10,6 +10,7 @@ steps, NP-Edit's wall clock), and is scored on the same fixed eval set
 (toytext.eval_edits). Each row is a flag of train.py, not a copy of it:
   npedit     NP-Edit, no pairs (the small preset's losses and weights)
   sft        supervised flow matching on true (reference, instruction) -> target pairs
+  sft_wall   the same, 5.5x the steps (NP-Edit's wall clock)
   dmd_only   no VLM loss (w_vlm = 0)
   vlm_only   no DMD (w_dmd = 0)
   no_ident   no "is the rest unchanged?" question
@@ -41,7 +42,7 @@ ROWS = {
     "grpo_lr1e-4": ("Flow-GRPO, lr 1e-4", ["--method=grpo", "--lr=1e-4"]),
     "grpo_lr2e-5": ("Flow-GRPO, lr 2e-5", ["--method=grpo", "--lr=2e-5"]),
     "grpo_lr5e-6": ("Flow-GRPO, lr 5e-6", ["--method=grpo", "--lr=5e-6"]),
-    # an SFT step costs ~1/5.5 of an NP-Edit step (57-63 vs 329-334 ms at the small preset, two
+    # an SFT step costs ~1/5.5 of an NP-Edit step (56-66 vs 329-334 ms at the small preset, two
     # 1-thread runs side by side), so this row gets 5.5x the steps: about NP-Edit's wall clock
     "sft_wall": ("SFT on true pairs, 5.5x steps (same wall clock)", ["--method=sft"]),
 }
