@@ -47,7 +47,7 @@ class Config:
     beta2: float = 0.9
     n_aux: int = 1                       # N_aux: fake-score updates per generator step
     w_vlm: float = 0.2                   # weight of L_vlm at the start (the reimplementation: 0.02)
-    vlm_anneal: float = 0.1              # w_vlm's factor at the last step, linear from 1 (1: off;
+    vlm_anneal: float = 0.25             # w_vlm's factor at the last step, linear from 1 (1: off;
                                          # docs/log.md, "Why colour and removal stay low")
     w_dmd: float = 1.0                   # weight of L_dmd
     cfg: float = 3.0                     # real score CFG scale
@@ -104,9 +104,9 @@ _REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, ref_init
              type_mix="", vlm_by_type="", shift=6.0, vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True,
              eval_n=0, log_every=10, grid_every=500, ckpt_every=500)
 PRESETS = {
-    # the shipped prior and judge, 2 CPU cores, 2 threads, seeds 0 / 1 / 2: success 0.880 / 0.856 /
-    # 0.866, preservation 0.978-0.982, realism 0.908-0.920, every type >= 0.74, 15.8-18.0 min; at 1
-    # thread: 0.770 (removals 0.40, realism 0.872) / 0.888 / 0.900 (docs/log.md, "A 2-layer prior")
+    # the shipped prior and judge, 2 CPU cores, 2 threads, seeds 0 / 1 / 2: success 0.896 / 0.876 /
+    # 0.858, preservation 0.978-0.984, realism 0.902-0.922, every type >= 0.70, 17.3-19.7 min
+    # (docs/log.md, "A 2-layer prior")
     "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,
