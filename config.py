@@ -48,7 +48,7 @@ class Config:
     n_aux: int = 1                       # N_aux: fake-score updates per generator step
     w_vlm: float = 0.2                   # weight of L_vlm at the start (the reimplementation: 0.02)
     vlm_anneal: float = 0.25             # w_vlm's factor at the last step, linear from 1 (1: off;
-                                         # docs/log.md, "Why colour and removal stay low")
+                                         # docs/log.md, "A 2-layer prior")
     w_dmd: float = 1.0                   # weight of L_dmd
     cfg: float = 3.0                     # real score CFG scale
     cfg_by_type: str = ""                # per edit type, e.g. "add=8,color=5" (others: cfg)
