@@ -46,19 +46,20 @@ def main():
     generator, fake_score = S.generator, S.fake_score
     gen, fake = (torch.compile(generator), torch.compile(fake_score)) if a.compile \
         else (generator, fake_score)
-    opt_g = torch.optim.AdamW([q for q in generator.parameters() if q.requires_grad], lr=1e-7)
-    opt_f = torch.optim.AdamW([q for q in fake_score.parameters() if q.requires_grad], lr=1e-7)
+    opt_g = train.adamw([q for q in generator.parameters() if q.requires_grad], lr=1e-7)
+    opt_f = train.adamw([q for q in fake_score.parameters() if q.requires_grad], lr=1e-7)
     b = train.make_batches(cfg, random.Random(0), a.device)(cfg.batch_size)
     text, mask = generator.condition(b.instructions)
     cap = S.caption_features(b.edited_captions)
-    null = S.caption_features(b.edited_captions, drop=torch.ones(len(b.edited_captions), dtype=torch.bool))
+    drop = torch.ones(cfg.batch_size, dtype=torch.bool)  # the empty condition, as train.py
+    null = S.caption_features([""] * cfg.batch_size, drop=drop)
     ref = S.to_latent(b.reference)
     with torch.no_grad(), autocast():
         x_fixed = M.unroll(gen, ref, text, mask, 2, shift=cfg.shift).float()
 
     def captions():
         S.caption_features(b.edited_captions)
-        S.caption_features(b.edited_captions, drop=torch.ones(len(b.edited_captions), dtype=torch.bool))
+        S.caption_features([""] * cfg.batch_size, drop=drop)
 
     def unroll():
         opt_g.zero_grad()

@@ -104,9 +104,9 @@ _REAL = dict(kind="real", resolution=512, judge_size=448, batch_size=1, ref_init
              type_mix="", vlm_by_type="", shift=6.0, vlm_temp_ramp=2000, ema=0.999, grad_ckpt=True,
              eval_n=0, log_every=10, grid_every=500, ckpt_every=500)
 PRESETS = {
-    # the shipped prior and judge, 2 CPU cores, 2 threads, seeds 0 / 1 / 2: success 0.896 / 0.876 /
-    # 0.858, preservation 0.978-0.984, realism 0.902-0.922, every type >= 0.70, 17.3-19.7 min
-    # (docs/log.md, "A 2-layer prior")
+    # the shipped prior and judge, 2 CPU cores, 2 threads, seeds 0 / 1 / 2: success 0.846 / 0.848 /
+    # 0.878, preservation 0.977-0.983, realism 0.902-0.942, every type >= 0.69, 12:50-12:58 on a
+    # 2-core AMD EPYC (docs/log.md, "The cost of a run")
     "small": dict(),
     # random tiny models built from config; seconds on a CPU; for tests
     "tiny": dict(prior="random", judge="random", batch_size=4, warmup_steps=2, max_steps=3,

@@ -43,3 +43,24 @@ def test_dmd_moves_generator_to_target_gaussian():
 def test_dmd_does_not_move_when_real_equals_fake():
     mu, std, _, _ = _run_dmd(True, steps=50)
     assert torch.allclose(mu, torch.zeros(2)) and torch.allclose(std, torch.ones(2))
+
+
+def test_the_empty_condition_from_an_empty_prompt_equals_captions_masked_to_cls():
+    """train.py encodes CFG's null condition from "" (one token); it gives the real score the
+    velocity that the captions with every token but [CLS] masked give (the mask is -1e4, so
+    masked tokens weigh exactly 0)."""
+    import model as M
+    torch.manual_seed(0)
+    transformer, text_encoder, tok = M.small_prior("random")
+    captions = ["a red circle at the top left on a white background", "a blue square"]
+    drop = torch.ones(2, dtype=torch.bool)
+    masked = M.encode_text(text_encoder, tok, captions, drop)
+    empty = M.encode_text(text_encoder, tok, ["", ""], drop)
+    assert empty[0].shape[1] < masked[0].shape[1]
+    cap = M.encode_text(text_encoder, tok, captions)
+    x_t, t = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        v_masked = dmd.real_velocity(transformer, x_t, t, *cap, *masked, 3.0)
+        v_empty = dmd.real_velocity(transformer, x_t, t, *cap, *empty, 3.0)
+    assert torch.allclose(v_masked, v_empty, atol=1e-5)
+    assert not torch.allclose(v_empty, dmd.real_velocity(transformer, x_t, t, *cap, *cap, 3.0))

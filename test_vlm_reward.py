@@ -47,6 +47,28 @@ def test_answer_gradient_reaches_candidate_not_detached_reference(judge):
     assert cand.grad.abs().sum() > 0 and ref.grad is None
 
 
+def test_one_pass_over_all_questions_answers_as_each_question_alone(judge):
+    """answer_logits asks every question of a batch in one right-padded pass of the language
+    model; each answer equals the one its question gets asked alone (its own images only)."""
+    torch.manual_seed(2)
+    ref, x = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
+    instr = ["make the red circle blue", "remove the green square", "add a red square at top left"]
+    types = ["color", "remove", "add"]
+    groups = V.answer_logits(judge, ref, x, instr, types)
+    with torch.no_grad():
+        y_feats, x_feats = judge.image_features(ref), judge.image_features(x)
+    asked = [(slot, b) for slot in (0, 1) for n in (1, 2) for b in range(3)
+             if V.edit_questions(instr[b], types[b])[slot][1] == n]  # answer_logits' order
+    together = torch.cat([d for _, d, _, _ in groups])
+    assert [len(i) for i, *_ in groups] == [1, 2, 3] and len(together) == len(asked) == 6
+    for (slot, b), d in zip(asked, together):
+        q, n, _ = V.edit_questions(instr[b], types[b])[slot]
+        imgs = [x_feats[b:b + 1]] if n == 1 else [y_feats[b:b + 1], x_feats[b:b + 1]]
+        alone, _ = judge.answer_logits([q], imgs)
+        assert torch.allclose(d, alone[0], atol=1e-5), (slot, b)
+    assert together.std() > 1e-3  # the questions get different answers
+
+
 def test_edit_questions_follow_the_paper_and_the_edit_type():
     """A removal's questions come from its type and name its object; any phrasing works."""
     qs = V.edit_questions("erase it please", "remove", "the red one")

@@ -129,7 +129,8 @@ def generator_losses(cfg, gen, S, b, step):
     nothing = torch.tensor([t == "none" for t in b.types], device=b.reference.device)
     text, mask = S.generator.condition(b.instructions)
     cap = S.caption_features(b.edited_captions)  # c_x for both scores, and its null for CFG
-    null = S.caption_features(b.edited_captions, drop=torch.ones(len(b.edited_captions), dtype=torch.bool))
+    null = S.caption_features([""] * len(b.edited_captions),  # the empty condition, cheap
+                              drop=torch.ones(len(b.edited_captions), dtype=torch.bool))
     ref = S.to_latent(b.reference)
     k = random.Random(cfg.seed * 100_003 + step).randint(1, cfg.max_k)  # same on all ranks
     x = M.unroll(gen, ref, text, mask, k, shift=cfg.shift)  # with grad through both steps
@@ -213,6 +214,12 @@ def warmup_step(T, next_batch, step):
     return {"copy loss": loss.item()}, len(b.instructions)
 
 
+def adamw(params, lr, betas=(0.9, 0.999)):
+    """AdamW without weight decay, fused: one kernel for all tensors (the same update as the
+    per-tensor loop, a few ms a step cheaper on a CPU)."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=0.0, fused=True)
+
+
 STEPS = {"npedit": npedit_step, "sft": baselines.sft_step, "grpo": baselines.grpo_step}
 
 
@@ -250,9 +257,9 @@ def main(argv):
     gen_params = [p for p in generator.parameters() if p.requires_grad]  # LoRA: adapters only
     fake_params = [p for p in fake_score.parameters() if p.requires_grad]
     betas = (cfg.beta1, cfg.beta2)
-    opt_w = torch.optim.AdamW(gen_params, lr=cfg.warmup_lr, weight_decay=0.0)
-    opt_g = torch.optim.AdamW(gen_params, lr=cfg.lr, betas=betas, weight_decay=0.0)
-    opt_f = torch.optim.AdamW(fake_params, lr=cfg.fake_lr, betas=betas, weight_decay=0.0)
+    opt_w = adamw(gen_params, lr=cfg.warmup_lr)
+    opt_g = adamw(gen_params, lr=cfg.lr, betas=betas)
+    opt_f = adamw(fake_params, lr=cfg.fake_lr, betas=betas)
     modules = {"generator": generator, "ema": ema, "fake_score": fake_score}
     opts = {"warmup": (opt_w, generator), "generator": (opt_g, generator),
             "fake_score": (opt_f, fake_score)}
@@ -277,8 +284,7 @@ def main(argv):
 
     def ema_update(decay):
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), generator.parameters()):
-                pe.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(list(ema.parameters()), list(generator.parameters()), 1 - decay)
 
     def update(loss, step):
         """One generator step at the scheduled lr: backward, clip, skip a step whose gradient

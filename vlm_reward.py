@@ -159,13 +159,16 @@ class Judge:
         """l_yes - l_no at the answer position (fp32) for each question. images_per_question:
         a list of feature tensors (B, tokens, D), one per image slot, the same count for all."""
         texts = [self.prompt(q, len(images_per_question)) for q in questions]
-        B = len(questions)
         # interleave so that sample b's images come in order: slot0[b], slot1[b], ...
-        feats = torch.stack(images_per_question, 1).reshape(B * len(images_per_question),
-                                                             self.tokens_per_image, -1)
-        logits, mask, _ = self.forward(texts, [feats])
+        feats = torch.stack(images_per_question, 1).flatten(0, 1)
+        return self.ask(texts, [feats])
+
+    def ask(self, texts, features):
+        """-> (l_yes - l_no (B,), all answer logits (B, V)), fp32, at each prompt's answer
+        position; texts and features as forward takes them."""
+        logits, mask, _ = self.forward(texts, features)
         last = mask.sum(1) - 1
-        ans = logits[torch.arange(B, device=logits.device), last].float()  # fp32: loss precision
+        ans = logits[torch.arange(len(texts), device=logits.device), last].float()  # fp32
         return ans[:, self.yes_id] - ans[:, self.no_id], ans
 
 
@@ -222,7 +225,7 @@ def answer_logits(judge, reference, edited, instructions, types, objects=None, r
     cand = judge.image_features(edited)
     objects = objects or [None] * len(instructions)
     questions = [edit_questions(c, t, o) for c, t, o in zip(instructions, types, objects)]
-    groups = []
+    asked, texts, feats = [], [], []  # every group's questions go through one LM pass
     for slot in slots:  # the edit (0) and the identity (1) question of every sample
         qs = [q[slot] for q in questions]
         for n_img in (1, 2):  # removal's "does the image have <object>?" sees the edit alone
@@ -230,9 +233,16 @@ def answer_logits(judge, reference, edited, instructions, types, objects=None, r
             if not idx:
                 continue
             i = torch.tensor(idx, device=cand.device)
-            imgs = [cand[i]] if n_img == 1 else [ref_features[i], cand[i]]
-            d, full = judge.answer_logits([qs[b][0] for b in idx], imgs)
-            groups.append((i, d, full, torch.tensor([qs[b][2] for b in idx], device=d.device)))
+            texts += [judge.prompt(qs[b][0], n_img) for b in idx]
+            feats.append(cand[i] if n_img == 1 else  # sample b's images in order: y, then x
+                         torch.stack([ref_features[i], cand[i]], 1).flatten(0, 1))
+            asked.append((i, torch.tensor([qs[b][2] for b in idx], device=cand.device)))
+    d, full = judge.ask(texts, feats)
+    groups, start = [], 0
+    for i, want in asked:
+        end = start + len(i)
+        groups.append((i, d[start:end], full[start:end], want))
+        start = end
     return groups
 
 
