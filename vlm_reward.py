@@ -238,12 +238,8 @@ def answer_logits(judge, reference, edited, instructions, types, objects=None, r
                          torch.stack([ref_features[i], cand[i]], 1).flatten(0, 1))
             asked.append((i, torch.tensor([qs[b][2] for b in idx], device=cand.device)))
     d, full = judge.ask(texts, feats)
-    groups, start = [], 0
-    for i, want in asked:
-        end = start + len(i)
-        groups.append((i, d[start:end], full[start:end], want))
-        start = end
-    return groups
+    sizes = [len(i) for i, _ in asked]
+    return [(i, dg, fg, want) for (i, want), dg, fg in zip(asked, d.split(sizes), full.split(sizes))]
 
 
 def vlm_loss(judge, reference, edited, instructions, types, objects=None, ref_features=None,
