@@ -239,7 +239,8 @@ def answer_logits(judge, reference, edited, instructions, types, objects=None, r
             asked.append((i, torch.tensor([qs[b][2] for b in idx], device=cand.device)))
     d, full = judge.ask(texts, feats)
     sizes = [len(i) for i, _ in asked]
-    return [(i, dg, fg, want) for (i, want), dg, fg in zip(asked, d.split(sizes), full.split(sizes))]
+    return [(i, dg, fg, want)
+            for (i, want), dg, fg in zip(asked, d.split(sizes), full.split(sizes))]
 
 
 def vlm_loss(judge, reference, edited, instructions, types, objects=None, ref_features=None,
